@@ -1,0 +1,320 @@
+"""The `batchrun` command: parse options, build objects, call the library, map errors to exit codes.
+
+No business logic lives here. Every `BatchrunError` becomes one line on stderr and its exit code,
+in `BatchrunGroup.invoke`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import click
+import orjson
+
+from batchrun import __version__
+from batchrun.config import build_settings, resolve_db
+from batchrun.errors import BatchrunError, ConfigError
+from batchrun.export import atomic_output, write_lines
+from batchrun.keys import lanes_for
+from batchrun.loader import submit_file
+from batchrun.progress import show_live, show_plain, summary_lines
+from batchrun.provider import ProviderClient
+from batchrun.retry import Backoff, RetryPolicy
+from batchrun.runner import EXIT_MEANINGS, RunOptions, Runner
+from batchrun.simulator_cli import simulate_command
+from batchrun.store import FAILED, SUCCEEDED, Store
+
+F = TypeVar("F", bound=Callable[..., Any])
+log = logging.getLogger("batchrun")
+
+
+class BatchrunGroup(click.Group):
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except BatchrunError as exc:
+            click.echo(f"batchrun: error: {exc}", err=True)
+            ctx.exit(exc.exit_code)
+
+
+def db_options(fn: F) -> F:
+    fn = click.option("--config", "config_path", envvar="BATCHRUN_CONFIG", show_envvar=True,
+                      type=click.Path(dir_okay=False),
+                      help="Config file (default: ./batchrun.toml when it exists).")(fn)
+    fn = click.option("--db", envvar="BATCHRUN_DB", show_envvar=True,
+                      help="Queue database URL. [default: sqlite:///batchrun.db]")(fn)
+    return fn
+
+
+def _open_store(db: str | None, config_path: str | None) -> Store:
+    store = Store.open(resolve_db(db, config_path))
+    click.get_current_context().call_on_close(store.close)
+    return store
+
+
+def _setup_logging(verbose: int) -> None:
+    level = logging.DEBUG if verbose > 1 else logging.INFO if verbose == 1 else logging.WARNING
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("batchrun: %(levelname)s: %(message)s"))
+    root = logging.getLogger("batchrun")
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    root.propagate = False
+    logging.getLogger("batchrun.progress").setLevel(logging.INFO)
+
+
+@click.group(cls=BatchrunGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="batchrun")
+@click.option("-v", "--verbose", count=True, help="More log output on stderr (-vv for every request).")
+def cli(verbose: int) -> None:
+    """Run large batches of chat-completion requests against OpenAI-compatible providers.
+
+    \b
+      batchrun submit jobs/example.jsonl
+      BATCHRUN_API_KEYS=k1:s1,k2:s2 BATCHRUN_BASE_URL=https://api.privatemind.com/v1 batchrun run
+      batchrun status
+      batchrun export --output results.jsonl --errors errors.jsonl
+    """
+    _setup_logging(verbose)
+
+
+@cli.command()
+@click.argument("file", type=str)
+@click.option("--batch", help="Batch name. [default: the file's stem]")
+@click.option("--strict", is_flag=True, help="Any bad or conflicting line rejects the whole file.")
+@db_options
+def submit(file: str, batch: str | None, strict: bool, db: str | None, config_path: str | None) -> None:
+    """Load a JSONL job file (FILE, or - for stdin) into the queue.
+
+    Each line is an OpenAI Batch input line or a bare chat-completion body. Bad lines are reported as
+    FILE:LINE: reason and skipped; good lines load. Resubmitting a file is idempotent.
+
+    \b
+    Exit codes: 0 everything loaded or already there; 1 some lines rejected or in
+    conflict (with --strict: nothing loaded); 2 usage error or unreadable file.
+
+    \b
+      batchrun submit jobs/example.jsonl
+      cat jobs.jsonl | batchrun submit - --batch nightly --strict
+    """
+    store = _open_store(db, config_path)
+    report = submit_file(store, file, batch, strict, lambda line: click.echo(line, err=True))
+    if report.strict_rejected:
+        click.echo(f"batch {report.batch}: rejected: {report.rejected} bad line(s), {report.conflicts} "
+                   "conflict(s); --strict: nothing loaded")
+    else:
+        click.echo(f"batch {report.batch}: loaded {report.loaded}, duplicates skipped {report.duplicates}, "
+                   f"conflicts {report.conflicts}, rejected {report.rejected}")
+    if not report.clean:
+        sys.exit(1)
+
+
+_RUN_HELP = "\n".join(f"  {code}  {meaning}" for code, meaning in EXIT_MEANINGS.items())
+
+
+@cli.command(epilog="\b\nExit codes:\n" + _RUN_HELP)
+@click.option("--batch", help="Work only this batch. [default: every batch with queued jobs]")
+@click.option("--base-url", envvar="BATCHRUN_BASE_URL", show_envvar=True,
+              help="Provider URL including the version prefix, e.g. https://api.privatemind.com/v1")
+@click.option("--keys-file", envvar="BATCHRUN_KEYS_FILE", show_envvar=True, type=click.Path(dir_okay=False),
+              help="API keys, one a line (# comments). Or set BATCHRUN_API_KEYS=k1,k2.")
+@click.option("--concurrency", type=int, envvar="BATCHRUN_CONCURRENCY", show_envvar=True,
+              help="Requests in flight at most. [default: 32]")
+@click.option("--rpm", type=int, help="Requests per minute, per key (= --rate-limit N/1m).")
+@click.option("--rate-limit", envvar="BATCHRUN_RATE_LIMIT", show_envvar=True,
+              help="Requests per sliding window, per key: N/DURATION, e.g. 20/1s, 600/1m.")
+@click.option("--tpm", type=int, help="Tokens per minute, per key (= --token-limit N/1m).")
+@click.option("--token-limit", envvar="BATCHRUN_TOKEN_LIMIT", show_envvar=True,
+              help="Tokens per sliding window, per key, e.g. 100000/1m.")
+@click.option("--max-attempts", type=int, envvar="BATCHRUN_MAX_ATTEMPTS", show_envvar=True,
+              help="Attempts per job before a transient failure is final. [default: 5]")
+@click.option("--request-timeout", help="Give up on one request after this long. [default: 10m]")
+@click.option("--lease", help="How long a claimed job stays reserved without a heartbeat. [default: 60s]")
+@click.option("--backoff-base", help="First retry delay, doubling up to --backoff-max. [default: 1s]")
+@click.option("--backoff-max", help="Longest retry delay. [default: 30s]")
+@click.option("--no-progress", is_flag=True, help="No progress bar even on a terminal.")
+@db_options
+def run(batch: str | None, no_progress: bool, db: str | None, config_path: str | None, **flags: Any) -> None:
+    """Work the queue until no job is left: across all keys, within their limits.
+
+    \b
+      BATCHRUN_API_KEYS=k1:s1,k2:s2 batchrun run --base-url https://api.privatemind.com/v1
+      batchrun run --batch nightly --rate-limit 20/1s --keys-file keys.txt
+    """
+    settings = build_settings({**flags, "db": db}, config_path)
+    settings.require_provider()
+    assert settings.base_url is not None
+    store = _open_store(settings.db, None)
+    lanes = lanes_for(settings.keys, settings.limits, settings.per_key_limits,
+                      {key: (rec.state, rec.reason) for key, rec in store.key_records().items()})
+    options = RunOptions(
+        batch=batch, concurrency=settings.concurrency, lease=settings.lease,
+        policy=RetryPolicy(settings.max_attempts, Backoff(settings.backoff_base, settings.backoff_max)),
+    )
+    live = not no_progress and sys.stderr.isatty()
+
+    async def main() -> int:
+        async with ProviderClient(settings.base_url or "", request_timeout=settings.request_timeout,
+                                  connections=settings.concurrency + 8) as client:
+            runner = Runner(store, client, lanes, options)
+            _install_signal_handlers(runner)
+            display: asyncio.Task[None] | None = None
+
+            def start_display(stats: Any) -> None:
+                nonlocal display
+                display = asyncio.create_task(show_live(stats, lanes) if live else show_plain(stats))
+
+            try:
+                report = await runner.run(on_start=start_display)
+            finally:
+                if display is not None:
+                    display.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await display
+        for line in summary_lines(report):
+            click.echo(line)
+        return report.exit_code
+
+    sys.exit(asyncio.run(main()))
+
+
+def _install_signal_handlers(runner: Runner) -> None:
+    loop = asyncio.get_running_loop()
+    main_task = asyncio.current_task()
+    received: list[int] = []
+
+    def on_signal(signum: int) -> None:
+        received.append(signum)
+        if len(received) == 1:
+            runner.request_stop(f"interrupted by {signal.Signals(signum).name}")
+        elif main_task is not None:
+            # A second signal: stop now. Leases make the next run pick up what was in flight.
+            main_task.cancel()
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, on_signal, signum)
+
+
+@cli.command()
+@click.option("--batch", help="Only this batch.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@db_options
+def status(batch: str | None, as_json: bool, db: str | None, config_path: str | None) -> None:
+    """Show each batch's jobs by state, tokens used, key states and the last run.
+
+    \b
+      batchrun status
+      batchrun status --batch example --json
+    """
+    store = _open_store(db, config_path)
+    batch_id = None
+    if batch is not None:
+        batch_id = store.batch_id(batch)
+        if batch_id is None:
+            raise BatchrunError(f"no batch named {batch!r} in {store.url}")
+    counts = store.counts(batch_id)
+    keys = store.key_records()
+    last = store.last_runner()
+    payload = {
+        "batches": [{
+            "name": c.name, "total": c.total, "queued": c.queued, "running": c.running,
+            "succeeded": c.succeeded, "failed": c.failed, "cancelled": c.cancelled,
+            "attempts": c.attempts, "retries": c.retries, "failed_by_code": c.failed_by_code,
+            "usage": {"prompt_tokens": c.prompt_tokens, "completion_tokens": c.completion_tokens,
+                      "total_tokens": c.total_tokens},
+        } for c in counts],
+        "keys": [{"id": k.id, "state": k.state, "reason": k.reason} for k in keys.values()],
+        "last_run": None if last is None else {
+            "runner": last.owner, "started_at": last.started_at, "ended_at": last.ended_at,
+            "exit_code": last.exit_code, "outcome": last.outcome,
+        },
+    }
+    if as_json:
+        click.echo(orjson.dumps(payload, option=orjson.OPT_INDENT_2).decode())
+        return
+    if not counts:
+        click.echo(f"no batches in {store.url} (load one with `batchrun submit FILE`)")
+    header = f"{'batch':<24} {'total':>8} {'queued':>8} {'running':>8} {'succeeded':>10} {'failed':>8} {'tokens':>10}"
+    if counts:
+        click.echo(header)
+    for c in counts:
+        click.echo(f"{c.name:<24} {c.total:>8} {c.queued:>8} {c.running:>8} {c.succeeded:>10} {c.failed:>8} "
+                   f"{c.total_tokens:>10}")
+        for code, n in sorted(c.failed_by_code.items()):
+            click.echo(f"  failed {code}: {n}")
+    for k in keys.values():
+        click.echo(f"key {k.id}: {k.state}" + (f" ({k.reason})" if k.reason else ""))
+    if last is not None:
+        ended = "still running" if last.ended_at is None else f"exit {last.exit_code}: {last.outcome}"
+        click.echo(f"last run: {last.owner}: {ended}")
+
+
+@cli.command()
+@click.option("--batch", help="Only this batch.")
+@click.option("--output", "-o", default="-", show_default=True, help="Results file (- for stdout).")
+@click.option("--errors", "errors_path", help="Write failed jobs here (OpenAI Batch error format).")
+@db_options
+def export(batch: str | None, output: str, errors_path: str | None, db: str | None,
+           config_path: str | None) -> None:
+    """Write succeeded jobs in OpenAI Batch output format, in input order.
+
+    \b
+      batchrun export --output results.jsonl --errors errors.jsonl
+      batchrun export --batch nightly | jq .response.body.choices[0].message.content
+    """
+    store = _open_store(db, config_path)
+    batch_id = None
+    if batch is not None:
+        batch_id = store.batch_id(batch)
+        if batch_id is None:
+            raise BatchrunError(f"no batch named {batch!r} in {store.url}")
+    results = _export_to(output, lambda out: write_lines(store.export_rows([SUCCEEDED], batch_id), out, False))
+    summary = f"exported {results} result(s)" + ("" if output == "-" else f" to {output}")
+    if errors_path:
+        errors = _export_to(errors_path,
+                            lambda out: write_lines(store.export_rows([FAILED], batch_id), out, True))
+        summary += f"; {errors} failed job(s) to {errors_path}"
+    click.echo(summary, err=True)
+
+
+def _export_to(path: str, write: Callable[[Any], int]) -> int:
+    if path == "-":
+        count = write(sys.stdout.buffer)
+        sys.stdout.buffer.flush()
+        return count
+    try:
+        with atomic_output(path) as out:
+            return write(out)
+    except OSError as exc:
+        raise ConfigError(f"cannot write {path}: {exc.strerror or exc}") from None
+
+
+@cli.group()
+def db() -> None:
+    """Manage the queue database."""
+
+
+@db.command("upgrade")
+@db_options
+def db_upgrade(db: str | None, config_path: str | None) -> None:
+    """Bring the database schema up to date (every command also does this by itself).
+
+    \b
+      batchrun db upgrade --db postgresql://user@host/batchrun
+    """
+    store = Store.open(resolve_db(db, config_path))
+    store.close()
+    click.echo(f"database {store.url} is up to date")
+
+
+cli.add_command(simulate_command)
+
+
+def main() -> None:
+    cli(prog_name="batchrun")

@@ -1,0 +1,187 @@
+"""Settings as one typed object, built from flags, environment and `batchrun.toml`.
+
+Precedence: flag > environment > config file > default. The CLI hands over what click resolved from
+flags and environment variables (None where neither was given); this module fills the gaps from the
+file and the defaults, and validates everything in one place.
+
+`batchrun.toml` (all keys optional):
+
+    db = "sqlite:///batchrun.db"
+    base_url = "https://api.privatemind.com/v1"
+    keys_file = "keys.txt"            # one key a line; or set BATCHRUN_API_KEYS
+    concurrency = 32
+    rate_limit = "600/1m"             # per key; or rpm = 600
+    token_limit = "200000/1m"         # per key; or tpm = 200000
+    max_attempts = 5
+    request_timeout = "10m"
+    backoff_base = "1s"
+    backoff_max = "30s"
+
+    [limits.k1]                       # per-key overrides, by key id
+    rate_limit = "20/1s"
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from batchrun.errors import ConfigError
+from batchrun.keys import ApiKey, KeyLimits, parse_keys, read_keys_file
+from batchrun.units import Rate, parse_duration, parse_rate
+
+DEFAULT_DB = "sqlite:///batchrun.db"
+DEFAULT_CONFIG = "batchrun.toml"
+KEYS_ENV = "BATCHRUN_API_KEYS"
+
+_FILE_KEYS = {
+    "db", "base_url", "keys_file", "api_keys", "concurrency", "rate_limit", "rpm", "token_limit", "tpm",
+    "max_attempts", "request_timeout", "lease", "backoff_base", "backoff_max", "limits",
+}
+
+
+@dataclass(frozen=True)
+class Settings:
+    db: str = DEFAULT_DB
+    base_url: str | None = None
+    keys: tuple[ApiKey, ...] = ()
+    concurrency: int = 32
+    limits: KeyLimits = KeyLimits()
+    per_key_limits: dict[str, KeyLimits] = field(default_factory=dict)
+    max_attempts: int = 5
+    request_timeout: float = 600.0
+    lease: float = 60.0
+    backoff_base: float = 1.0
+    backoff_max: float = 30.0
+
+    def __repr__(self) -> str:
+        keys = ", ".join(key.id for key in self.keys)
+        return (f"Settings(db={self.db!r}, base_url={self.base_url!r}, keys=[{keys}], "
+                f"concurrency={self.concurrency}, limits={self.limits}, max_attempts={self.max_attempts})")
+
+    def require_provider(self) -> None:
+        if not self.base_url:
+            raise ConfigError("no provider: pass --base-url URL or set BATCHRUN_BASE_URL "
+                              "(e.g. https://api.privatemind.com/v1, or http://127.0.0.1:8787/v1 for "
+                              "`batchrun simulate`)")
+        if not self.base_url.startswith(("http://", "https://")):
+            raise ConfigError(f"--base-url {self.base_url!r} must start with http:// or https://")
+        if not self.keys:
+            raise ConfigError(f"no API keys: set {KEYS_ENV} (comma- or newline-separated) or pass "
+                              "--keys-file PATH (one key a line)")
+
+
+def read_config_file(path: str | None) -> tuple[dict[str, Any], str | None]:
+    """The config file's table, and its path; `batchrun.toml` in the working directory if present."""
+    explicit = path is not None
+    candidate = Path(path if explicit else DEFAULT_CONFIG)
+    if not candidate.exists():
+        if explicit:
+            raise ConfigError(f"config file {candidate} does not exist")
+        return {}, None
+    try:
+        data = tomllib.loads(candidate.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read config file {candidate}: {exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{candidate}: not valid TOML: {exc}") from None
+    unknown = sorted(set(data) - _FILE_KEYS)
+    if unknown:
+        raise ConfigError(f"{candidate}: unknown setting(s): {', '.join(unknown)} "
+                          f"(known: {', '.join(sorted(_FILE_KEYS))})")
+    return data, str(candidate)
+
+
+def resolve_db(flag: str | None, config_path: str | None) -> str:
+    """The database URL alone (for commands that need nothing else)."""
+    if flag:
+        return flag
+    data, _ = read_config_file(config_path)
+    return str(data.get("db") or DEFAULT_DB)
+
+
+def build_settings(flags: dict[str, Any], config_path: str | None, environ: dict[str, str] | None = None) -> Settings:
+    """Settings from click's values (flag or env, None when unset), then the file, then defaults."""
+    environ = dict(os.environ if environ is None else environ)
+    data, source = read_config_file(config_path)
+    where = source or "config"
+
+    def pick(name: str) -> Any:
+        value = flags.get(name)
+        return value if value is not None else data.get(name)
+
+    keys = _load_keys(flags.get("keys_file"), environ, data, where)
+    rate = _rate(flags, data, "rate_limit", "rpm", where)
+    tokens = _rate(flags, data, "token_limit", "tpm", where)
+    per_key: dict[str, KeyLimits] = {}
+    limits_table = data.get("limits", {})
+    if not isinstance(limits_table, dict):
+        raise ConfigError(f"{where}: [limits] must be a table of key ids")
+    for key_name, table in limits_table.items():
+        if not isinstance(table, dict):
+            raise ConfigError(f"{where}: [limits.{key_name}] must be a table")
+        per_key[key_name] = KeyLimits(
+            rate=_rate({}, table, "rate_limit", "rpm", f"{where} [limits.{key_name}]") or rate,
+            tokens=_rate({}, table, "token_limit", "tpm", f"{where} [limits.{key_name}]") or tokens,
+        )
+    settings = Settings(
+        db=str(pick("db") or DEFAULT_DB),
+        base_url=(str(pick("base_url")).rstrip("/") if pick("base_url") else None),
+        keys=tuple(keys),
+        concurrency=_positive_int(pick("concurrency"), 32, "concurrency"),
+        limits=KeyLimits(rate, tokens),
+        per_key_limits=per_key,
+        max_attempts=_positive_int(pick("max_attempts"), 5, "max_attempts"),
+        request_timeout=_duration(pick("request_timeout"), 600.0, "request_timeout"),
+        lease=_duration(pick("lease"), 60.0, "lease"),
+        backoff_base=_duration(pick("backoff_base"), 1.0, "backoff_base"),
+        backoff_max=_duration(pick("backoff_max"), 30.0, "backoff_max"),
+    )
+    if settings.lease < 2:
+        raise ConfigError("lease must be at least 2s")
+    return settings
+
+
+def _load_keys(keys_file: str | None, environ: dict[str, str], data: dict[str, Any], where: str) -> list[ApiKey]:
+    if keys_file:
+        return read_keys_file(keys_file)
+    if environ.get(KEYS_ENV, "").strip():
+        return parse_keys(environ[KEYS_ENV], KEYS_ENV)
+    if data.get("keys_file"):
+        return read_keys_file(str(data["keys_file"]))
+    if data.get("api_keys"):
+        raw = data["api_keys"]
+        text = "\n".join(raw) if isinstance(raw, list) else str(raw)
+        return parse_keys(text, f"{where} api_keys")
+    return []
+
+
+def _rate(flags: dict[str, Any], data: dict[str, Any], rate_name: str, per_minute_name: str, where: str) -> Rate | None:
+    for source, label in ((flags, "--"), (data, f"{where}: ")):
+        rate_value, minute_value = source.get(rate_name), source.get(per_minute_name)
+        if rate_value is not None and minute_value is not None:
+            raise ConfigError(f"{label}{rate_name} and {per_minute_name} say the same thing: give one")
+        if rate_value is not None:
+            return parse_rate(str(rate_value), field=rate_name)
+        if minute_value is not None:
+            return Rate(_positive_int(minute_value, 0, per_minute_name), 60.0)
+    return None
+
+
+def _positive_int(value: Any, default: int, name: str) -> int:
+    if value is None:
+        return default
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name}: {value!r} is not a whole number") from None
+    if number <= 0 or isinstance(value, bool):
+        raise ConfigError(f"{name}: must be a positive whole number, not {value!r}")
+    return number
+
+
+def _duration(value: Any, default: float, name: str) -> float:
+    return default if value is None else parse_duration(value, field=name)

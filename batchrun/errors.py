@@ -1,0 +1,173 @@
+"""Every error batchrun raises on purpose, in one tree.
+
+    BatchrunError                      root: the CLI turns any of these into a message and an exit code
+    ├── ConfigError                    a flag, env var, config file or key list is unusable (exit 2)
+    ├── InputError                     a job file cannot be read at all (exit 2)
+    ├── StoreError                     the queue database failed or cannot be opened
+    ├── NoUsableKey                    every key is out of rotation; jobs stay queued (exit 4)
+    ├── ProviderUnreachable            the provider cannot be reached or is misconfigured (exit 5)
+    └── ProviderError                  one request failed; classified once, in provider.py
+        ├── TransientError             retry this job later (5xx, 503 no nodes, resets, timeouts, bad bodies)
+        │   └── RateLimited            429: the key cools down, the job is retried
+        ├── KeyUnusable                the key is at fault, not the job: take the key out, requeue the job
+        │   ├── KeyRejected            401: revoked, expired, unknown or malformed key
+        │   └── KeyBudgetExhausted     402 for one key's budget cap
+        ├── OrgBudgetExhausted         402 for the whole organisation: the run cannot go on (exit 4)
+        ├── KeyModelForbidden          403: this key may not use this model; another key may
+        ├── JobInvalid                 the job itself is wrong; fail it now, attempted once
+        │   ├── BadRequest             400
+        │   └── ValidationFailed       422 (the provider's `detail` is the message)
+        ├── ModelNotFound              404 / 400 for a model the provider does not (or no longer) serve
+        └── EndpointNotFound           404 for the endpoint itself: wrong base URL (exit 5)
+
+The runner acts on the class, never on a status code. The docstring of each class is its default
+message. No message, repr or cause chain ever carries an API key's secret.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class BatchrunError(Exception):
+    """batchrun failed."""
+
+    exit_code = 1
+
+    def __init__(self, message: str | None = None) -> None:
+        super().__init__(message or (self.__doc__ or "").strip())
+
+    @property
+    def message(self) -> str:
+        return str(self)
+
+
+class ConfigError(BatchrunError):
+    """The configuration is not usable."""
+
+    exit_code = 2
+
+
+class InputError(BatchrunError):
+    """The job file cannot be read."""
+
+    exit_code = 2
+
+
+class StoreError(BatchrunError):
+    """The queue database failed."""
+
+    exit_code = 1
+
+
+class NoUsableKey(BatchrunError):
+    """No usable API key is left; the remaining jobs stay queued."""
+
+    exit_code = 4
+
+
+class ProviderUnreachable(BatchrunError):
+    """The provider cannot be reached or is misconfigured."""
+
+    exit_code = 5
+
+
+class ProviderError(BatchrunError):
+    """The provider did not complete the request."""
+
+    #: the short code recorded with a failed job and written to the errors export
+    code = "provider_error"
+
+    def __init__(
+        self,
+        message: str | None = None,
+        *,
+        status: int | None = None,
+        body: Any = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.body = body
+        self.retry_after = retry_after
+
+
+class TransientError(ProviderError):
+    """The provider failed for a reason that may pass; the job will be retried."""
+
+    code = "transient"
+
+
+class RateLimited(TransientError):
+    """The key hit the provider's rate limit (429)."""
+
+    code = "rate_limited"
+
+
+class KeyUnusable(ProviderError):
+    """This API key cannot be used; the job goes back to the queue."""
+
+    code = "key_unusable"
+    #: the key state this failure puts the key in
+    key_state = "invalid"
+
+
+class KeyRejected(KeyUnusable):
+    """The provider rejected the API key (401). Check the key list in Settings → API Keys."""
+
+    code = "key_rejected"
+
+    def __init__(self, message: str | None = None, *, key_state: str = "invalid", **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        self.key_state = key_state
+
+
+class KeyBudgetExhausted(KeyUnusable):
+    """The key's budget is spent (402). Raise the key's budget cap in Settings → API Keys."""
+
+    code = "key_budget_exhausted"
+    key_state = "budget"
+
+
+class OrgBudgetExhausted(ProviderError):
+    """The organisation's monthly budget is spent (402). Talk to your org admin."""
+
+    code = "org_budget_exhausted"
+    exit_code = 4
+
+
+class KeyModelForbidden(ProviderError):
+    """This key is not allowed to use this model (403)."""
+
+    code = "model_forbidden"
+
+
+class JobInvalid(ProviderError):
+    """The provider refused the request as invalid."""
+
+    code = "invalid_request"
+
+
+class BadRequest(JobInvalid):
+    """The provider refused the request (400)."""
+
+    code = "bad_request"
+
+
+class ValidationFailed(JobInvalid):
+    """The request body failed the provider's validation (422)."""
+
+    code = "validation_error"
+
+
+class ModelNotFound(ProviderError):
+    """The model is not in the provider's catalogue."""
+
+    code = "model_not_found"
+
+
+class EndpointNotFound(ProviderError):
+    """The endpoint does not exist at this base URL (404): check --base-url."""
+
+    code = "endpoint_not_found"
+    exit_code = 5

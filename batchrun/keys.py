@@ -1,0 +1,194 @@
+"""API keys: reading them, naming them safely, and each key's lane in a run.
+
+A key's secret lives only in `ApiKey.token` (never in its repr) and in the Authorization header.
+Everything else, from the database to the logs, names a key by `ApiKey.id`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from aiolimiter import AsyncLimiter
+
+from batchrun.errors import ConfigError
+from batchrun.keyid import key_id
+from batchrun.units import Rate
+
+#: states in which a key takes requests
+USABLE_STATES = ("active", "cooling")
+#: states that persist across runs until `batchrun keys reset ID`
+STICKY_STATES = ("revoked", "expired", "invalid")
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKey:
+    id: str
+    token: str = field(repr=False)
+
+    def __repr__(self) -> str:
+        return f"ApiKey({self.id!r})"
+
+    def __str__(self) -> str:
+        return self.id
+
+
+def parse_keys(text: str, source: str) -> list[ApiKey]:
+    """Keys separated by commas or newlines; `#` starts a comment; blanks are ignored."""
+    keys: list[ApiKey] = []
+    seen: dict[str, str] = {}
+    for raw_line in text.splitlines():
+        line = raw_line.split("#", 1)[0]
+        for item in line.split(","):
+            token = item.strip()
+            if not token:
+                continue
+            name = key_id(token)
+            if any(ch.isspace() for ch in token):
+                raise ConfigError(
+                    f"{source}: key {name} has whitespace inside it; a key is one token "
+                    "(for `<access_key_id>:<secret>` keys: no spaces around the colon)")
+            if name in seen:
+                if seen[name] == token:
+                    continue
+                raise ConfigError(f"{source}: two different keys share the id {name}")
+            seen[name] = token
+            keys.append(ApiKey(name, token))
+    return keys
+
+
+def read_keys_file(path: str) -> list[ApiKey]:
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read keys file {path}: {exc.strerror or exc}") from None
+    return parse_keys(text, path)
+
+
+class TokenWindow:
+    """An exact sliding window over token amounts: no window of `period` seconds holds more than
+    `count` tokens. Reservations are estimates, settled later with the response's `usage`.
+
+    (A leaky bucket would allow a full burst on top of a full drain rate: up to twice the limit
+    inside one window.)
+    """
+
+    __slots__ = ("_limit", "_period", "_entries", "_used")
+
+    def __init__(self, rate: Rate) -> None:
+        self._limit = rate.count
+        self._period = rate.period
+        self._entries: list[list[float]] = []   # [time, amount], oldest first
+        self._used = 0.0
+
+    def _purge(self, now: float) -> None:
+        horizon = now - self._period
+        drop = 0
+        for entry in self._entries:
+            if entry[0] > horizon:
+                break
+            self._used -= entry[1]
+            drop += 1
+        if drop:
+            del self._entries[:drop]
+
+    async def reserve(self, amount: float) -> list[float]:
+        while True:
+            now = time.monotonic()
+            self._purge(now)
+            # A single request larger than the whole budget is let through alone rather than never.
+            if self._used + amount <= self._limit or not self._entries:
+                entry = [now, amount]
+                self._entries.append(entry)
+                self._used += amount
+                return entry
+            await asyncio.sleep(max(0.001, self._entries[0][0] + self._period - now))
+
+    def settle(self, entry: list[float], actual: float) -> None:
+        if entry in self._entries:
+            self._used += actual - entry[1]
+        entry[1] = actual
+
+
+def request_limiter(rate: Rate, margin: float = 0.02) -> AsyncLimiter:
+    """A limiter that keeps every sliding window of `rate.period` at or below `rate.count`.
+
+    aiolimiter's bucket admits a burst of its full capacity on top of its drain rate, so a bucket of
+    N per period lets up to 2N through one window. A capacity of one request, drained once per
+    `period / count` (plus a small margin for network jitter), spaces requests evenly instead: any
+    window of length `period` then holds at most `count` of them.
+    """
+    return AsyncLimiter(1, rate.period / rate.count * (1 + margin))
+
+
+@dataclass(frozen=True, slots=True)
+class KeyLimits:
+    rate: Rate | None = None
+    tokens: Rate | None = None
+
+
+class KeyLane:
+    """One key during a run: its limiters, its state, and what it has done."""
+
+    def __init__(self, key: ApiKey, limits: KeyLimits, state: str = "active", reason: str | None = None) -> None:
+        self.key = key
+        self.limits = limits
+        self.state = state
+        self.reason = reason
+        self.cooling_until = 0.0
+        self.consecutive_429 = 0
+        self.forbidden_models: set[str] = set()
+        self.requests = 0
+        self.succeeded = 0
+        self.rate_limited = 0
+        self.errors = 0
+        self._limiter = request_limiter(limits.rate) if limits.rate else None
+        self._tokens = TokenWindow(limits.tokens) if limits.tokens else None
+
+    @property
+    def usable(self) -> bool:
+        return self.state in USABLE_STATES
+
+    @property
+    def cooling(self) -> bool:
+        return self.cooling_until > time.monotonic()
+
+    async def wait_until_warm(self) -> None:
+        while self.usable and (delay := self.cooling_until - time.monotonic()) > 0:
+            await asyncio.sleep(delay)
+        if self.usable and self.state == "cooling":
+            self.state = "active"
+
+    async def acquire(self, estimated_tokens: float) -> list[float] | None:
+        """Wait for this key's rate and token windows; returns the token reservation to settle."""
+        if self._limiter is not None:
+            await self._limiter.acquire()
+        if self._tokens is not None:
+            return await self._tokens.reserve(estimated_tokens)
+        return None
+
+    def settle_tokens(self, reservation: list[float] | None, actual: float) -> None:
+        if reservation is not None and self._tokens is not None:
+            self._tokens.settle(reservation, actual)
+
+    def cool_down(self, seconds: float) -> None:
+        self.cooling_until = max(self.cooling_until, time.monotonic() + seconds)
+        self.state = "cooling"
+
+    def retire(self, state: str, reason: str) -> None:
+        self.state = state
+        self.reason = reason
+
+
+def lanes_for(keys: Iterable[ApiKey], default: KeyLimits, per_key: dict[str, KeyLimits],
+              known_states: dict[str, tuple[str, str | None]]) -> list[KeyLane]:
+    lanes = []
+    for key in keys:
+        state, reason = known_states.get(key.id, ("active", None))
+        if state not in STICKY_STATES:
+            state, reason = "active", None
+        lanes.append(KeyLane(key, per_key.get(key.id, default), state, reason))
+    return lanes

@@ -1,0 +1,75 @@
+"""Showing a run while it goes: a live bar on a terminal, a plain line now and then otherwise.
+
+Reads the runner's counters; never touches the database or the network.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+import time
+from collections.abc import Sequence
+from typing import IO
+
+from batchrun.keys import KeyLane
+from batchrun.runner import RunReport, RunStats
+
+log = logging.getLogger("batchrun.progress")
+
+
+def describe_rate(stats: RunStats) -> tuple[float, float | None]:
+    """Jobs finished per second in this run, and the seconds left at that pace (None if unknown)."""
+    elapsed = max(1e-6, time.monotonic() - stats.started)
+    rate = stats.finished / elapsed
+    left = stats.total - stats.done_before - stats.finished
+    eta = left / rate if rate > 0 else None
+    return rate, eta
+
+
+def plain_line(stats: RunStats) -> str:
+    rate, eta = describe_rate(stats)
+    done = stats.done_before + stats.finished
+    eta_text = f"{eta:.0f}s" if eta is not None else "?"
+    return (f"progress: {done}/{stats.total} done ({stats.failed} failed, {stats.retried} retries, "
+            f"{stats.rate_limited} 429s), {rate:.1f} jobs/s, ETA {eta_text}")
+
+
+async def show_plain(stats: RunStats, interval: float = 30.0) -> None:
+    """No terminal (cron, a log file): one line every `interval` seconds."""
+    while True:
+        await asyncio.sleep(interval)
+        log.info("%s", plain_line(stats))
+
+
+async def show_live(stats: RunStats, lanes: Sequence[KeyLane], stream: IO[str] | None = None) -> None:
+    """A terminal: a rich progress bar with done/total, rate, ETA, and each key's state."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    console = Console(file=stream or sys.stderr)
+    with Progress(TextColumn("[bold]batchrun"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                  TextColumn("{task.fields[detail]}"), console=console, transient=False) as bar:
+        task = bar.add_task("run", total=stats.total, completed=stats.done_before, detail="")
+        try:
+            while True:
+                rate, _ = describe_rate(stats)
+                keys = " ".join(f"{lane.key.id}:{lane.state}" for lane in lanes)
+                bar.update(task, total=stats.total, completed=stats.done_before + stats.finished,
+                           detail=f"{rate:.1f}/s failed {stats.failed} 429s {stats.rate_limited} [{keys}]")
+                await asyncio.sleep(0.5)
+        finally:
+            bar.update(task, completed=stats.done_before + stats.finished)
+
+
+def summary_lines(report: RunReport) -> list[str]:
+    stats = report.stats
+    rate = stats.finished / report.duration if report.duration > 0 else 0.0
+    failed = ", ".join(f"{code}: {n}" for code, n in sorted(stats.failed_by_code.items())) or "none"
+    return [
+        f"succeeded: {stats.succeeded}  failed: {stats.failed} ({failed})  left: {report.left}",
+        f"requests: {stats.requests}  retries: {stats.retried}  429s: {stats.rate_limited}",
+        f"tokens: {stats.prompt_tokens} prompt + {stats.completion_tokens} completion",
+        f"duration: {report.duration:.1f}s  mean rate: {rate:.1f} jobs/s",
+        f"exit {report.exit_code}: {report.meaning}" + (f" — {report.reason}" if report.reason else ""),
+    ]

@@ -1,0 +1,293 @@
+"""Talking to an OpenAI-compatible provider: the only module that imports aiohttp's client.
+
+Every response and every transport failure is classified here, once, into the error tree of
+`errors.py`; aiohttp and asyncio exceptions never leave this module. Nothing here ever formats the
+Authorization header or the key into a message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import logging
+import math
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import orjson
+
+from batchrun.errors import (
+    BadRequest,
+    EndpointNotFound,
+    KeyBudgetExhausted,
+    KeyModelForbidden,
+    KeyRejected,
+    ModelNotFound,
+    OrgBudgetExhausted,
+    ProviderError,
+    ProviderUnreachable,
+    RateLimited,
+    TransientError,
+    ValidationFailed,
+)
+from batchrun.keys import ApiKey
+
+log = logging.getLogger(__name__)
+
+_MAX_MESSAGE = 500
+
+
+@dataclass(frozen=True, slots=True)
+class Completion:
+    """A successful chat completion, with the raw body kept verbatim for the export."""
+
+    status: int
+    body: str
+    request_id: str | None
+    model: str | None
+    finish_reason: str | None
+    prompt_tokens: int | None
+    completion_tokens: int | None
+    total_tokens: int | None
+
+
+class ProviderClient:
+    """One aiohttp session for a whole run; requests carry the key they are sent with."""
+
+    def __init__(self, base_url: str, *, request_timeout: float = 600.0, connections: int = 100) -> None:
+        self.base_url = base_url.rstrip("/")
+        self._completions_url = f"{self.base_url}/chat/completions"
+        self._models_url = f"{self.base_url}/models"
+        self._timeout = request_timeout
+        self._connections = connections
+        self._session: aiohttp.ClientSession | None = None
+        self._headers: dict[str, dict[str, str]] = {}
+
+    async def __aenter__(self) -> ProviderClient:
+        connector = aiohttp.TCPConnector(limit=self._connections, limit_per_host=0, ttl_dns_cache=300)
+        self._session = aiohttp.ClientSession(
+            connector=connector,
+            timeout=aiohttp.ClientTimeout(total=self._timeout),
+            json_serialize=lambda value: orjson.dumps(value).decode(),
+        )
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    def _headers_for(self, key: ApiKey) -> dict[str, str]:
+        headers = self._headers.get(key.id)
+        if headers is None:
+            headers = self._headers[key.id] = {
+                "Authorization": f"Bearer {key.token}",
+                "Content-Type": "application/json",
+            }
+        return headers
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            raise RuntimeError("ProviderClient used outside `async with`")
+        return self._session
+
+    async def complete(self, key: ApiKey, body: bytes) -> Completion:
+        """Send one chat completion; return it, or raise the classified `ProviderError`."""
+        status, headers, text = await self._request("POST", self._completions_url, key, body)
+        if status == 200:
+            return parse_completion(text)
+        raise classify(status, headers, text)
+
+    async def list_models(self, key: ApiKey) -> list[dict[str, Any]]:
+        """`GET {base}/models`. Connection failures here mean the provider cannot be reached at all."""
+        try:
+            status, headers, text = await self._request("GET", self._models_url, key, None)
+        except TransientError as exc:
+            raise ProviderUnreachable(
+                f"cannot reach the provider at {self.base_url}: {exc} — check --base-url / BATCHRUN_BASE_URL"
+            ) from exc
+        if status == 404:
+            raise EndpointNotFound(
+                f"{self._models_url} answered 404: the base URL looks wrong. It must include the API "
+                f"version prefix, e.g. https://api.privatemind.com/v1 (requests go to BASE/chat/completions)",
+                status=404)
+        if status != 200:
+            raise classify(status, headers, text)
+        try:
+            payload = orjson.loads(text)
+            data = payload.get("data") if isinstance(payload, dict) else payload
+            return [entry for entry in data if isinstance(entry, dict)] if isinstance(data, list) else []
+        except orjson.JSONDecodeError:
+            return []
+
+    async def _request(self, method: str, url: str, key: ApiKey, body: bytes | None) -> tuple[int, Any, str]:
+        try:
+            async with self.session.request(method, url, data=body, headers=self._headers_for(key)) as resp:
+                raw = await resp.read()
+                return resp.status, resp.headers, raw.decode("utf-8", errors="replace")
+        except asyncio.TimeoutError as exc:
+            raise TransientError(f"no answer within {self._timeout:g} s (timeout)") from exc
+        except aiohttp.ClientPayloadError as exc:
+            raise TransientError(f"the response was cut off: {exc}") from exc
+        except aiohttp.ServerDisconnectedError as exc:
+            raise TransientError("the provider closed the connection without an answer") from exc
+        except aiohttp.ClientConnectorError as exc:
+            raise TransientError(f"cannot connect to {exc.host}:{exc.port}: {exc.strerror or exc.os_error}") from exc
+        except aiohttp.InvalidURL as exc:
+            raise ProviderUnreachable(f"invalid base URL {self.base_url!r}") from exc
+        except (aiohttp.ClientError, OSError) as exc:
+            raise TransientError(f"connection failed: {type(exc).__name__}: {exc}") from exc
+
+
+def parse_completion(text: str) -> Completion:
+    """A 200 body that is a complete chat completion, or `TransientError` (it will be retried)."""
+    try:
+        payload = orjson.loads(text)
+    except orjson.JSONDecodeError as exc:
+        raise TransientError(f"200 with a body that is not JSON ({exc}); treated as a failed attempt",
+                             status=200, body=_clip(text)) from None
+    choices = payload.get("choices") if isinstance(payload, dict) else None
+    first = choices[0] if isinstance(choices, list) and choices and isinstance(choices[0], dict) else None
+    message = first.get("message") if first else None
+    if not isinstance(message, dict) or ("content" not in message and "tool_calls" not in message):
+        raise TransientError("200 with an incomplete chat completion (no choices[0].message); "
+                             "treated as a failed attempt", status=200, body=_clip(text))
+    assert isinstance(payload, dict)
+    usage = payload.get("usage") if isinstance(payload.get("usage"), dict) else {}
+    request_id = payload.get("request_id")
+    return Completion(
+        status=200,
+        body=text,
+        request_id=request_id if isinstance(request_id, str) else None,
+        model=payload.get("model") if isinstance(payload.get("model"), str) else None,
+        finish_reason=first.get("finish_reason") if first else None,
+        prompt_tokens=_int(usage.get("prompt_tokens")),
+        completion_tokens=_int(usage.get("completion_tokens")),
+        total_tokens=_int(usage.get("total_tokens")),
+    )
+
+
+def classify(status: int, headers: Any, text: str) -> ProviderError:
+    """The one place where an HTTP status becomes a kind of failure."""
+    payload = _json_or_none(text)
+    message = provider_message(payload, text)
+    code = _error_code(payload)
+    body = payload if payload is not None else _clip(text)
+    lowered = f"{code} {message}".lower()
+    if status == 401:
+        state = "revoked" if "revoked" in lowered else "expired" if "expired" in lowered else "invalid"
+        return KeyRejected(f"the provider rejected the key (401 {state}): {message}",
+                           key_state=state, status=status, body=body)
+    if status == 402:
+        if "org" in lowered:
+            return OrgBudgetExhausted(f"the organisation's monthly budget is spent (402): {message}. "
+                                      "Talk to your org admin.", status=status, body=body)
+        return KeyBudgetExhausted(f"the key's budget is spent (402): {message}", status=status, body=body)
+    if status == 403:
+        return KeyModelForbidden(f"forbidden (403): {message}", status=status, body=body)
+    if status == 404:
+        if "model" in lowered:
+            return ModelNotFound(f"model not found (404): {message}", status=status, body=body)
+        return EndpointNotFound(f"not found (404): {message}", status=status, body=body)
+    if status == 400 and ("model_not_found" in lowered or "unknown model" in lowered
+                          or ("model" in lowered and ("not exist" in lowered or "not found" in lowered))):
+        return ModelNotFound(f"model not found (400): {message}", status=status, body=body)
+    if status == 422:
+        return ValidationFailed(f"validation error (422): {message}", status=status, body=body)
+    if status == 429:
+        return RateLimited(f"rate limited (429): {message}", status=status, body=body,
+                           retry_after=retry_after(headers))
+    if status in (408, 409, 425) or status >= 500:
+        what = "no capacity" if status == 503 else "server error"
+        return TransientError(f"{what} ({status}): {message}", status=status, body=body,
+                              retry_after=retry_after(headers) if status == 503 else None)
+    if 400 <= status < 500:
+        return BadRequest(f"bad request ({status}): {message}", status=status, body=body)
+    return TransientError(f"unexpected status {status}: {message}", status=status, body=body)
+
+
+def provider_message(payload: Any, text: str) -> str:
+    """The provider's own words: `error.message`, a 422's `detail` (with the field it names), or the raw text."""
+    if isinstance(payload, dict):
+        error = payload.get("error")
+        if isinstance(error, dict) and isinstance(error.get("message"), str):
+            return _clip(error["message"])
+        if isinstance(error, str):
+            return _clip(error)
+        detail = payload.get("detail")
+        if isinstance(detail, str):
+            return _clip(detail)
+        if isinstance(detail, list):
+            return _clip("; ".join(_detail_item(item) for item in detail))
+        if isinstance(payload.get("message"), str):
+            return _clip(payload["message"])
+    return _clip(text.strip()) or "(empty body)"
+
+
+def retry_after(headers: Any) -> float | None:
+    """Seconds from `Retry-After` (seconds or an HTTP date), else from `x-ratelimit-reset-*`."""
+    if headers is None:
+        return None
+    value = headers.get("Retry-After")
+    if value:
+        try:
+            return max(0.0, float(value))
+        except ValueError:
+            parsed = email.utils.parsedate_to_datetime(value) if value else None
+            if parsed is not None:
+                return max(0.0, parsed.timestamp() - time.time())
+    for name in ("x-ratelimit-reset-requests", "x-ratelimit-reset-tokens"):
+        reset = headers.get(name)
+        if reset:
+            seconds = _reset_seconds(reset)
+            if seconds is not None:
+                return seconds
+    return None
+
+
+def _reset_seconds(value: str) -> float | None:
+    text = value.strip().lower()
+    try:
+        if text.endswith("ms"):
+            return float(text[:-2]) / 1000
+        if text.endswith("s"):
+            return float(text[:-1])
+        return float(text)
+    except ValueError:
+        return None
+
+
+def _detail_item(item: Any) -> str:
+    if isinstance(item, dict):
+        loc = item.get("loc")
+        where = ".".join(str(part) for part in loc) if isinstance(loc, list) else None
+        msg = item.get("msg") or item.get("message") or orjson.dumps(item).decode()
+        return f"{where}: {msg}" if where else str(msg)
+    return str(item)
+
+
+def _error_code(payload: Any) -> str:
+    if isinstance(payload, dict):
+        error = payload.get("error")
+        if isinstance(error, dict):
+            return str(error.get("code") or error.get("type") or "")
+        return str(payload.get("code") or "")
+    return ""
+
+
+def _json_or_none(text: str) -> Any:
+    try:
+        return orjson.loads(text) if text else None
+    except orjson.JSONDecodeError:
+        return None
+
+
+def _int(value: Any) -> int | None:
+    return int(value) if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) else None
+
+
+def _clip(text: str) -> str:
+    return text if len(text) <= _MAX_MESSAGE else text[:_MAX_MESSAGE] + "…"

@@ -1,0 +1,427 @@
+"""The run loop: claim jobs, spread them over the keys, send, checkpoint every outcome.
+
+Shape of a run (all in one event loop; the database in one dedicated thread, the single writer):
+
+    feeder ──claims chunks──▶ job queue ──▶ one lane per key ──▶ request tasks ──▶ outcome queue ──▶ writer
+      ▲  (leased to this runner)            (cool-down, rate and      (≤ concurrency)     (batched commits)
+      └──────────────── heartbeat extends the leases; expired leases of dead runners are requeued
+
+Each key's lane takes the next job only when its own limiter lets it send, so a key that can send
+sooner takes more of the work, and a 429 slows that key alone. Outcomes are committed in small
+batches; a job whose process dies keeps a lease that expires (or is released at once when the
+next run on this host sees the process is gone), and it is sent again by the next run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import random
+import socket
+import time
+import uuid
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import orjson
+
+from batchrun.errors import (
+    BatchrunError,
+    EndpointNotFound,
+    KeyUnusable,
+    NoUsableKey,
+    ProviderError,
+    ProviderUnreachable,
+)
+from batchrun.keys import KeyLane
+from batchrun.provider import ProviderClient
+from batchrun.retry import FAIL, REQUEUE, RETRY, Decision, RetryPolicy
+from batchrun.store import ClaimedJob, Failed, Outcome, Retry, Store, Succeeded
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+EXIT_MEANINGS = {
+    0: "all jobs finished, none failed",
+    1: "finished; some jobs failed permanently (see `batchrun export --errors`)",
+    2: "usage error",
+    3: "stopped with work left; run again to continue",
+    4: "no usable API key left; the remaining jobs stay queued",
+    5: "the provider is unreachable or misconfigured",
+}
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    batch: str | None = None
+    concurrency: int = 32
+    lease: float = 60.0
+    flush_interval: float = 0.05
+    flush_size: int = 500
+    policy: RetryPolicy = RetryPolicy()
+
+
+@dataclass
+class RunStats:
+    """Live counters of this run, read by the progress display and the closing summary."""
+
+    total: int = 0
+    done_before: int = 0
+    succeeded: int = 0
+    failed: int = 0
+    retried: int = 0
+    rate_limited: int = 0
+    requests: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    failed_by_code: dict[str, int] = field(default_factory=dict)
+    started: float = field(default_factory=time.monotonic)
+
+    @property
+    def finished(self) -> int:
+        return self.succeeded + self.failed
+
+
+@dataclass(frozen=True)
+class RunReport:
+    exit_code: int
+    reason: str
+    stats: RunStats
+    duration: float
+    left: int
+
+    @property
+    def meaning(self) -> str:
+        return EXIT_MEANINGS.get(self.exit_code, "")
+
+
+class Runner:
+    def __init__(self, store: Store, client: ProviderClient, lanes: list[KeyLane], options: RunOptions,
+                 rng: random.Random | None = None) -> None:
+        self._store = store
+        self._client = client
+        self.lanes = lanes
+        self._options = options
+        self._rng = rng or random.Random()
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.stats = RunStats()
+        self._db = ThreadPoolExecutor(max_workers=1, thread_name_prefix="batchrun-db")
+        self._batch_id: int | None = None
+        self._jobs: asyncio.Queue[ClaimedJob] = asyncio.Queue()
+        self._outcomes: asyncio.Queue[Outcome] = asyncio.Queue()
+        self._unwritten = 0
+        self._written = asyncio.Event()
+        self._need_jobs = asyncio.Event()
+        self._stop = asyncio.Event()
+        self._stop_error: BatchrunError | None = None
+        self._stop_reason = ""
+        self._in_flight: set[asyncio.Task[None]] = set()
+        self._slots = asyncio.Semaphore(options.concurrency)
+
+    # --- public ---
+
+    def request_stop(self, reason: str, error: BatchrunError | None = None) -> None:
+        """Stop claiming and sending; in-flight requests finish and are checkpointed."""
+        if not self._stop.is_set():
+            self._stop_reason = reason
+            self._stop_error = error
+            self._stop.set()
+            log.warning("stopping: %s", reason)
+
+    async def run(self, on_start: Callable[[RunStats], None] | None = None) -> RunReport:
+        started = time.monotonic()
+        try:
+            await self._prepare()
+            if on_start:
+                on_start(self.stats)
+            if not self._stop.is_set():
+                await self._work()
+            return await self._finish(started)
+        finally:
+            self._db.shutdown(wait=True)
+
+    # --- phases ---
+
+    async def _prepare(self) -> None:
+        if self._options.batch is not None:
+            self._batch_id = await self._call(self._store.batch_id, self._options.batch)
+            if self._batch_id is None:
+                raise BatchrunError(f"no batch named {self._options.batch!r} in {self._store.url} "
+                                    "(see `batchrun status`)")
+        dead = await self._call(self._store.release_dead_runners, _pid_alive)
+        if dead:
+            log.info("requeued the jobs of %d runner(s) that died: %s", len(dead), ", ".join(dead))
+        await self._call(self._store.requeue_expired)
+        await self._call(self._store.register_runner, self.owner)
+        counts = await self._call(self._store.counts, self._batch_id)
+        self.stats.total = sum(c.total - c.cancelled for c in counts)
+        self.stats.done_before = sum(c.succeeded + c.failed for c in counts)
+        for lane in self.lanes:
+            if not lane.usable:
+                log.warning("key %s is %s (%s); not used — `batchrun keys reset %s` brings it back",
+                            lane.key.id, lane.state, lane.reason or "no reason recorded", lane.key.id)
+        pending = await self._call(self._store.pending, self._batch_id)
+        if pending.empty:
+            return
+        await self._check_provider()
+
+    async def _check_provider(self) -> None:
+        """One cheap request before any job: a wrong base URL or a dead host stops the run here,
+        before a single job is marked failed."""
+        for lane in self.lanes:
+            if not lane.usable:
+                continue
+            try:
+                await self._client.list_models(lane.key)
+                return
+            except KeyUnusable as exc:
+                await self._retire(lane, exc)
+            except (ProviderUnreachable, EndpointNotFound) as exc:
+                raise ProviderUnreachable(str(exc)) from exc
+            except ProviderError as exc:
+                # Some servers have no /models: that is not a reason to refuse to run.
+                log.info("GET %s/models failed (%s); carrying on", self._client.base_url, exc)
+                return
+        if not any(lane.usable for lane in self.lanes):
+            self.request_stop("no usable API key", self._no_key_error())
+
+    async def _work(self) -> None:
+        writer = asyncio.create_task(self._write_loop(), name="writer")
+        feeder = asyncio.create_task(self._feed_loop(), name="feeder")
+        heartbeat = asyncio.create_task(self._heartbeat_loop(), name="heartbeat")
+        lanes = [asyncio.create_task(self._lane_loop(lane), name=f"lane-{lane.key.id}") for lane in self.lanes]
+        try:
+            await self._stop.wait()
+        finally:
+            for task in [feeder, *lanes]:
+                task.cancel()
+            await asyncio.gather(feeder, *lanes, return_exceptions=True)
+            if self._in_flight:
+                await asyncio.gather(*self._in_flight, return_exceptions=True)
+            await self._flush()
+            writer.cancel()
+            heartbeat.cancel()
+            await asyncio.gather(writer, heartbeat, return_exceptions=True)
+            # Whatever this runner still holds was never sent: back to the queue, no attempt spent.
+            await self._call(self._store.release_owned, self.owner)
+
+    async def _finish(self, started: float) -> RunReport:
+        counts = await self._call(self._store.counts, self._batch_id)
+        left = sum(c.queued + c.running for c in counts)
+        failed = sum(c.failed for c in counts)
+        error = self._stop_error
+        if error is not None and error.exit_code in (4, 5):
+            code, reason = error.exit_code, str(error)
+        elif left:
+            code, reason = 3, self._stop_reason or f"{left} job(s) left"
+        elif failed:
+            code, reason = 1, f"{failed} job(s) failed"
+        else:
+            code, reason = 0, "all jobs succeeded"
+        await self._call(self._store.finish_runner, self.owner, code, reason)
+        return RunReport(code, reason, self.stats, time.monotonic() - started, left)
+
+    # --- loops ---
+
+    async def _feed_loop(self) -> None:
+        low_water = max(self._options.concurrency, 16)
+        chunk = max(2 * self._options.concurrency, 64)
+        while True:
+            if self._jobs.qsize() >= low_water:
+                await self._wait(self._need_jobs, 1.0)
+                continue
+            claimed = await self._call(self._store.claim, self.owner, chunk, self._options.lease, self._batch_id)
+            for job in claimed:
+                self._jobs.put_nowait(job)
+            if claimed:
+                continue
+            if self._in_flight or not self._jobs.empty() or self._unwritten:
+                await self._wait(self._need_jobs, 0.5)
+                continue
+            pending = await self._call(self._store.pending, self._batch_id)
+            if pending.empty:
+                self._stop.set()
+                return
+            if pending.queued_now:
+                continue
+            now = time.time()
+            wake = [t for t in (pending.next_not_before, pending.next_lease_expiry) if t is not None]
+            await self._wait(self._need_jobs, max(0.01, min([now + 1.0, *wake]) - now))
+            if pending.next_lease_expiry is not None and pending.next_lease_expiry <= time.time():
+                await self._call(self._store.requeue_expired)
+
+    async def _lane_loop(self, lane: KeyLane) -> None:
+        while lane.usable:
+            await lane.wait_until_warm()
+            job = await self._jobs.get()
+            if self._jobs.qsize() < self._options.concurrency:
+                self._need_jobs.set()
+            if job.model in lane.forbidden_models or not lane.usable:
+                self._jobs.put_nowait(job)
+                await asyncio.sleep(0.05)
+                continue
+            try:
+                await self._slots.acquire()
+            except BaseException:
+                self._jobs.put_nowait(job)
+                raise
+            try:
+                reservation = await lane.acquire(_estimate_tokens(job))
+            except BaseException:
+                self._slots.release()
+                self._jobs.put_nowait(job)
+                raise
+            if not lane.usable or lane.cooling or self._stop.is_set():
+                # A 429 or a 401 arrived while this lane waited for its limiter, or the run is stopping.
+                self._slots.release()
+                self._jobs.put_nowait(job)
+                continue
+            task = asyncio.create_task(self._attempt(lane, job, reservation))
+            self._in_flight.add(task)
+            task.add_done_callback(self._in_flight.discard)
+
+    async def _attempt(self, lane: KeyLane, job: ClaimedJob, reservation: list[float] | None) -> None:
+        attempt = job.attempts + 1
+        lane.requests += 1
+        self.stats.requests += 1
+        try:
+            completion = await self._client.complete(lane.key, job.body.encode())
+        except ProviderError as error:
+            outcome = await self._on_error(lane, job, attempt, error)
+        else:
+            lane.succeeded += 1
+            lane.consecutive_429 = 0
+            lane.settle_tokens(reservation, completion.total_tokens or _estimate_tokens(job))
+            outcome = Succeeded(job.id, attempt, lane.key.id, completion.status, completion.request_id,
+                                completion.body, completion.model, completion.finish_reason,
+                                completion.prompt_tokens, completion.completion_tokens, completion.total_tokens)
+            self.stats.succeeded += 1
+            self.stats.prompt_tokens += completion.prompt_tokens or 0
+            self.stats.completion_tokens += completion.completion_tokens or 0
+            log.debug("job %s succeeded on key %s (attempt %d)", job.custom_id, lane.key.id, attempt)
+        finally:
+            self._slots.release()
+        if outcome is not None:
+            self._unwritten += 1
+            self._outcomes.put_nowait(outcome)
+
+    async def _on_error(self, lane: KeyLane, job: ClaimedJob, attempt: int, error: ProviderError) -> Outcome | None:
+        decision = self._options.policy.decide(error, attempt, self._rng)
+        log.debug("job %s attempt %d on key %s: %s -> %s", job.custom_id, attempt, lane.key.id, error, decision.job)
+        lane.errors += 1
+        await self._act_on_key(lane, job, error, decision)
+        if decision.stop_run:
+            self.request_stop(str(error), error)
+        response = _response_text(error)
+        if decision.job == FAIL or (decision.key_action == "forbid" and not self._someone_may_serve(job.model)):
+            code = decision.code or error.code
+            message = str(error)
+            if decision.key_action == "forbid":
+                message = f"no key may use model {job.model!r}: {error}"
+            self.stats.failed += 1
+            self.stats.failed_by_code[code] = self.stats.failed_by_code.get(code, 0) + 1
+            return Failed(job.id, attempt, lane.key.id, error.status, response, code, message)
+        if decision.job == RETRY:
+            self.stats.retried += 1
+            return Retry(job.id, attempt, time.time() + decision.delay, lane.key.id, error.status, response,
+                         error.code, str(error))
+        assert decision.job == REQUEUE
+        return Retry(job.id, job.attempts, time.time(), lane.key.id, error.status, response, error.code, str(error))
+
+    async def _act_on_key(self, lane: KeyLane, job: ClaimedJob, error: ProviderError, decision: Decision) -> None:
+        if decision.key_action == "cool":
+            lane.rate_limited += 1
+            lane.consecutive_429 += 1
+            self.stats.rate_limited += 1
+            lane.cool_down(decision.key_cooldown)
+            log.info("key %s rate limited; cooling down for %.1f s", lane.key.id, decision.key_cooldown)
+        elif decision.key_action == "retire" and lane.usable:
+            await self._retire(lane, error)
+        elif decision.key_action == "forbid":
+            lane.forbidden_models.add(job.model)
+            log.warning("key %s may not use model %s (403); other keys will take its jobs", lane.key.id, job.model)
+
+    async def _retire(self, lane: KeyLane, error: ProviderError) -> None:
+        state = getattr(error, "key_state", "invalid")
+        lane.retire(state, str(error))
+        hint = ("raise that key's budget cap in Settings → API Keys" if state == "budget"
+                else "check the key list in Settings → API Keys")
+        log.warning("key %s taken out of rotation: %s — %s", lane.key.id, error, hint)
+        await self._call(self._store.set_key_state, lane.key.id, state, str(error))
+        if not any(other.usable for other in self.lanes):
+            self.request_stop("no usable API key left", self._no_key_error())
+
+    def _no_key_error(self) -> NoUsableKey:
+        states = ", ".join(f"{lane.key.id}: {lane.state}" for lane in self.lanes)
+        return NoUsableKey(f"no usable API key left ({states}); the remaining jobs stay queued")
+
+    def _someone_may_serve(self, model: str) -> bool:
+        return any(lane.usable and model not in lane.forbidden_models for lane in self.lanes)
+
+    async def _write_loop(self) -> None:
+        while True:
+            batch = [await self._outcomes.get()]
+            if self._outcomes.qsize() < self._options.flush_size and not self._stop.is_set():
+                await asyncio.sleep(self._options.flush_interval)
+            while not self._outcomes.empty() and len(batch) < self._options.flush_size:
+                batch.append(self._outcomes.get_nowait())
+            await self._call(self._store.record, self.owner, batch)
+            self._unwritten -= len(batch)
+            self._written.set()
+            self._need_jobs.set()
+
+    async def _flush(self) -> None:
+        """Wait until every outcome so far is committed."""
+        while self._unwritten:
+            self._written.clear()
+            await self._wait(self._written, 0.5)
+
+    async def _heartbeat_loop(self) -> None:
+        interval = self._options.lease / 3
+        while True:
+            await asyncio.sleep(interval)
+            await self._call(self._store.extend_leases, self.owner, self._options.lease)
+            await self._call(self._store.requeue_expired)
+
+    # --- helpers ---
+
+    async def _call(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._db, fn, *args)
+
+    @staticmethod
+    async def _wait(event: asyncio.Event, timeout: float) -> None:
+        try:
+            await asyncio.wait_for(event.wait(), timeout)
+        except asyncio.TimeoutError:
+            pass
+        event.clear()
+
+
+def _estimate_tokens(job: ClaimedJob) -> int:
+    """Prompt characters / 4 plus the completion budget: the estimate a token limit reserves."""
+    return job.prompt_chars // 4 + 1 + (job.max_tokens or 0)
+
+
+def _response_text(error: ProviderError) -> str | None:
+    if error.body is None:
+        return None
+    if isinstance(error.body, str):
+        return error.body
+    return orjson.dumps(error.body).decode()
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+

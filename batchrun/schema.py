@@ -1,0 +1,121 @@
+"""The queue's tables. Only `store.py` and the Alembic migrations use them.
+
+Times are seconds since the epoch (UTC) in floating point: portable between SQLite and PostgreSQL,
+cheap to compare in the claim query, and free of time-zone surprises for leases.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+# SQLite only makes INTEGER PRIMARY KEY an alias of the rowid (and so auto-incrementing).
+Id = BigInteger().with_variant(Integer(), "sqlite")
+
+NAMING = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+
+
+class BatchRow(Base):
+    __tablename__ = "batches"
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    created_at: Mapped[float] = mapped_column(Float)
+
+
+class JobRow(Base):
+    """One request of a batch, from queued to a finished result or failure."""
+
+    __tablename__ = "jobs"
+    __table_args__ = (
+        UniqueConstraint("batch_id", "custom_id"),
+        # The claim query: next queued jobs in input order.
+        Index("ix_jobs_claim", "state", "batch_id", "id"),
+        # Leases of a runner: heartbeat extension and release.
+        Index("ix_jobs_lease_owner", "lease_owner"),
+    )
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True, autoincrement=True)
+    batch_id: Mapped[int] = mapped_column(ForeignKey("batches.id"))
+    line: Mapped[int] = mapped_column(Integer)
+    custom_id: Mapped[str] = mapped_column(String(512))
+    body_hash: Mapped[str] = mapped_column(String(64))
+    body: Mapped[str] = mapped_column(Text)
+    model: Mapped[str] = mapped_column(String(200))
+    prompt_chars: Mapped[int] = mapped_column(Integer, default=0)
+    max_tokens: Mapped[int | None] = mapped_column(Integer, nullable=True)
+
+    # queued | running | succeeded | failed | cancelled
+    state: Mapped[str] = mapped_column(String(16), default="queued")
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    not_before: Mapped[float] = mapped_column(Float, default=0.0)
+    lease_owner: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    lease_expires: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+    # The last attempt: a result when succeeded, the last error otherwise.
+    key_id: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    status_code: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    request_id: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    response: Mapped[str | None] = mapped_column(Text, nullable=True)
+    error_code: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    error_message: Mapped[str | None] = mapped_column(Text, nullable=True)
+    model_served: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    finish_reason: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    prompt_tokens: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    completion_tokens: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    total_tokens: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    finished_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+
+class KeyRow(Base):
+    """What batchrun knows about an API key, by its public id; never the secret."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    # active | cooling | revoked | expired | invalid | budget
+    state: Mapped[str] = mapped_column(String(16), default="active")
+    reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    since: Mapped[float] = mapped_column(Float)
+
+
+class RunnerRow(Base):
+    """One `batchrun run` process: who it is, whether it is alive, how it ended."""
+
+    __tablename__ = "runners"
+
+    id: Mapped[int] = mapped_column(Id, primary_key=True, autoincrement=True)
+    owner: Mapped[str] = mapped_column(String(200), unique=True)
+    host: Mapped[str] = mapped_column(String(200))
+    pid: Mapped[int] = mapped_column(Integer)
+    started_at: Mapped[float] = mapped_column(Float)
+    heartbeat_at: Mapped[float] = mapped_column(Float)
+    ended_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    exit_code: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    outcome: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+
+jobs = JobRow.__table__
+batches = BatchRow.__table__
+api_keys = KeyRow.__table__
+runners = RunnerRow.__table__
+metadata = Base.metadata

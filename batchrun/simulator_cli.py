@@ -1,0 +1,139 @@
+"""`batchrun simulate`: run the provider simulator from the command line.
+
+Only parses options into a `SimulatorConfig` and calls `batchrun.simulator.serve`; the main CLI
+registers `simulate_command` in its group.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+import click
+
+from batchrun.errors import ConfigError
+from batchrun.simulator import SimulatorConfig, serve
+from batchrun.units import Rate, parse_duration, parse_rate
+
+FC = TypeVar("FC", bound=Callable[..., Any])
+
+
+def _duration(ctx: click.Context, param: click.Parameter, value: str | None) -> float:
+    try:
+        return parse_duration(value if value is not None else 0, field=f"--{param.name}".replace("_", "-"))
+    except ConfigError as exc:
+        raise click.BadParameter(str(exc), ctx=ctx, param=param) from exc
+
+
+def _rate(ctx: click.Context, param: click.Parameter, value: str | None) -> Rate | None:
+    if value is None:
+        return None
+    try:
+        return parse_rate(value, field="--rate-limit")
+    except ConfigError as exc:
+        raise click.BadParameter(str(exc), ctx=ctx, param=param) from exc
+
+
+def _budgets(ctx: click.Context, param: click.Parameter, values: Sequence[str]) -> dict[str, int]:
+    budgets: dict[str, int] = {}
+    for value in values:
+        key, _, count = value.rpartition("=")
+        if not key or not count.isdigit():
+            raise click.BadParameter(
+                f"{value!r} is not KEYID=N with N a whole number >= 0 (e.g. team-a=100)", ctx=ctx, param=param
+            )
+        budgets[key] = int(count)
+    return budgets
+
+
+def _option(flag: str, **kwargs: Any) -> Callable[[FC], FC]:
+    """A `--flag` option that can also come from `BATCHRUN_SIM_FLAG`, shown in --help."""
+    envvar = "BATCHRUN_SIM_" + flag.lstrip("-").replace("-", "_").upper()
+    return click.option(flag, envvar=envvar, show_envvar=True, **kwargs)
+
+
+@click.command("simulate")
+@_option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on.")
+@_option(
+    "--port",
+    type=click.IntRange(0, 65535),
+    default=8787,
+    show_default=True,
+    help="Port to listen on; 0 picks a free one (the listening line shows which).",
+)
+@_option("--latency", default="0", callback=_duration, help="Time before each completion is answered, e.g. 50ms.")
+@_option("--latency-jitter", default="0", callback=_duration, help="Extra latency, uniform between 0 and this.")
+@_option("--fail-rate", type=click.FloatRange(0, 1), default=0.0, help="Probability of a 503 no_nodes_available.")
+@_option("--reset-rate", type=click.FloatRange(0, 1), default=0.0, help="Probability a connection is dropped.")
+@_option("--rate-limit", metavar="N/DURATION", callback=_rate, help="Per-key sliding window, e.g. 20/1s or 600/1m.")
+@_option("--revoked", metavar="KEYID", multiple=True, help="Answer this key id 401 key_revoked. Repeatable.")
+@_option("--expired", metavar="KEYID", multiple=True, help="Answer this key id 401 key_expired. Repeatable.")
+@_option(
+    "--budget",
+    metavar="KEYID=N",
+    multiple=True,
+    callback=_budgets,
+    help="The key gets 402 after N successful completions. Repeatable.",
+)
+@_option(
+    "--org-budget",
+    type=click.IntRange(min=0),
+    metavar="N",
+    help="Every key gets 402 after N successful completions in total.",
+)
+@_option(
+    "--unknown-model-status",
+    type=click.Choice(["404", "400"]),
+    default="404",
+    show_default=True,
+    help="Status for an unknown model: 404 (Pinaivu) or 400 (PrivateMind).",
+)
+@_option("--omit-request-id", is_flag=True, help="Leave request_id out of successful responses.")
+@_option("--seed", type=int, help="Seed the random faults and jitter, to replay a run.")
+@_option("--require-key-format", is_flag=True, help="Answer keys that are not id:secret with 401.")
+def simulate_command(
+    host: str,
+    port: int,
+    latency: float,
+    latency_jitter: float,
+    fail_rate: float,
+    reset_rate: float,
+    rate_limit: Rate | None,
+    revoked: tuple[str, ...],
+    expired: tuple[str, ...],
+    budget: dict[str, int],
+    org_budget: int | None,
+    unknown_model_status: str,
+    omit_request_id: bool,
+    seed: int | None,
+    require_key_format: bool,
+) -> None:
+    """Run an offline OpenAI-compatible provider to rehearse a job file against.
+
+    It serves the models sim-small, sim-large and sim-mini (aliases `fast` and `reasoning`) and
+    answers every completion with `echo: <last user message>`, failing on demand the way real
+    providers do. It prints one line with its base URL, then serves until Ctrl-C or SIGTERM.
+
+    Example, a flaky, rate-limited provider on a free port:
+
+        batchrun simulate --port 0 --latency 50ms --fail-rate 0.05 --rate-limit 20/1s --seed 7
+    """
+    config = SimulatorConfig(
+        latency=latency,
+        latency_jitter=latency_jitter,
+        fail_rate=fail_rate,
+        reset_rate=reset_rate,
+        rate_limit=rate_limit,
+        revoked=set(revoked),
+        expired=set(expired),
+        key_budgets=budget,
+        org_budget=org_budget,
+        unknown_model_status=int(unknown_model_status),
+        omit_request_id=omit_request_id,
+        seed=seed,
+        require_key_format=require_key_format,
+    )
+    try:
+        serve(config, host, port)
+    except ConfigError as exc:  # the address cannot be listened on
+        raise click.BadParameter(str(exc), param_hint="'--host' / '--port'") from exc

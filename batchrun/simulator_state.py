@@ -1,0 +1,238 @@
+"""The provider simulator's counters: what clients did to it, for tests, benchmarks and `/_sim/stats`.
+
+Separate from the server so the rate-limit arithmetic (`SlidingWindow`) is a small pure object that
+tests drive with explicit times, and so the thread-safety rules live in one place: the server
+updates the counters from its event loop while a test may read them from another thread.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from batchrun.units import Rate
+
+__all__ = ["KeyStats", "SimulatorState", "SlidingWindow"]
+
+
+class SlidingWindow:
+    """Admission and peak-load bookkeeping for one key under a `count per period` limit.
+
+    Two queues, because they answer different questions: `admitted` decides 429s the way the
+    provider does (only admitted requests use quota), while `arrivals` records every request so
+    `max_window` can prove whether a client stayed under the limit, refused or not. A request at
+    time t stays in the window while `t > now - period`. Times are passed in, not read, so the
+    arithmetic is tested with a fake clock.
+    """
+
+    __slots__ = ("admitted", "arrivals", "max_window")
+
+    def __init__(self) -> None:
+        self.admitted: deque[float] = deque()
+        self.arrivals: deque[float] = deque()
+        self.max_window = 0
+
+    def arrive(self, now: float, rate: Rate) -> float | None:
+        """Record a request at `now`; None if admitted, else seconds until a slot frees up."""
+        horizon = now - rate.period
+        _forget_until(self.arrivals, horizon)
+        self.arrivals.append(now)
+        self.max_window = max(self.max_window, len(self.arrivals))
+        _forget_until(self.admitted, horizon)
+        if len(self.admitted) >= rate.count:
+            return self.admitted[0] + rate.period - now
+        self.admitted.append(now)
+        return None
+
+    def remaining(self, now: float, rate: Rate) -> int:
+        """Requests the key may still send in the current window."""
+        _forget_until(self.admitted, now - rate.period)
+        return max(0, rate.count - len(self.admitted))
+
+    def reset_in(self, now: float, rate: Rate) -> float:
+        """Seconds until the oldest admitted request leaves the window (0 when none is in it)."""
+        _forget_until(self.admitted, now - rate.period)
+        return max(0.0, self.admitted[0] + rate.period - now) if self.admitted else 0.0
+
+
+#: float slack in the client's favour, so a client pacing exactly at the limit (one request every
+#: period/count seconds) is not refused, or counted over the limit, by a rounding error
+_WINDOW_SLACK = 1e-9
+
+
+def _forget_until(times: deque[float], horizon: float) -> None:
+    while times and times[0] <= horizon + _WINDOW_SLACK:
+        times.popleft()
+
+
+@dataclass
+class KeyStats:
+    """What one key did: completion requests, successes, statuses, and its busiest window."""
+
+    requests: int = 0
+    ok: int = 0
+    by_status: dict[int, int] = field(default_factory=dict)
+    window: SlidingWindow = field(default_factory=SlidingWindow, repr=False)
+
+    @property
+    def max_window(self) -> int:
+        return self.window.max_window
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "requests": self.requests,
+            "ok": self.ok,
+            "by_status": {str(status): n for status, n in sorted(self.by_status.items())},
+            "max_window": self.max_window,
+        }
+
+
+class SimulatorState:
+    """The simulator's counters, for tests and `GET /_sim/stats`.
+
+    The server mutates them from its event loop while a test may read them from another thread
+    (`SimulatorThread`), so every change and `snapshot()` hold one `threading.Lock`; the handlers
+    never await while holding it. `requests_total` and `by_status` count chat completions only;
+    catalogue requests are `models_requests`.
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        #: the clock rate limiting runs on; monotonic, the same one the event loop uses
+        self.clock = clock
+        self._lock = threading.Lock()
+        self._completion_ids = 0  # never reset, so ids stay unique for the life of the server
+        self.reset()
+
+    def reset(self) -> None:
+        """Zero every counter, the rate-limit windows and budget usage included."""
+        with self._lock:
+            self.requests_total = 0
+            self.by_status: dict[int, int] = {}
+            self.keys: dict[str, KeyStats] = {}
+            self.completions_ok = 0
+            self.duplicates = 0
+            self.models_requests = 0
+            self.resets = 0
+            self.in_flight = 0
+            self.max_in_flight = 0
+            self._served: set[str] = set()
+
+    @property
+    def prompts_served(self) -> int:
+        """Distinct `messages` lists answered successfully."""
+        return len(self._served)
+
+    @property
+    def max_window(self) -> dict[str, int]:
+        """Key id -> the most requests that key sent inside any one rate-limit period."""
+        with self._lock:
+            return {key: stats.max_window for key, stats in self.keys.items()}
+
+    def key(self, key: str) -> KeyStats:
+        """The counters of one key (zeros for a key never seen)."""
+        with self._lock:
+            return self.keys.get(key) or KeyStats()
+
+    def snapshot(self) -> dict[str, Any]:
+        """All counters as a JSON-able dict (status codes as string keys)."""
+        with self._lock:
+            return {
+                "requests_total": self.requests_total,
+                "by_status": {str(status): n for status, n in sorted(self.by_status.items())},
+                "keys": {key: stats.snapshot() for key, stats in sorted(self.keys.items())},
+                "max_window": {key: stats.max_window for key, stats in sorted(self.keys.items())},
+                "completions_ok": self.completions_ok,
+                "duplicates": self.duplicates,
+                "prompts_served": len(self._served),
+                "models_requests": self.models_requests,
+                "resets": self.resets,
+                "in_flight": self.in_flight,
+                "max_in_flight": self.max_in_flight,
+            }
+
+    # -- updates, called by the handlers -------------------------------------------------------
+
+    def begin_completion(self) -> None:
+        with self._lock:
+            self.requests_total += 1
+            self.in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
+
+    def end_completion(self) -> None:
+        with self._lock:
+            self.in_flight -= 1
+
+    def count_key_request(self, key: str) -> int:
+        """Count a completion request from `key`; returns that key's total so far."""
+        with self._lock:
+            stats = self.keys.setdefault(key, KeyStats())
+            stats.requests += 1
+            return stats.requests
+
+    def count_models_request(self) -> None:
+        with self._lock:
+            self.models_requests += 1
+
+    def count_reset(self) -> None:
+        with self._lock:
+            self.resets += 1
+
+    def record_status(self, key: str | None, status: int) -> None:
+        with self._lock:
+            self.by_status[status] = self.by_status.get(status, 0) + 1
+            if key is not None:
+                stats = self.keys.setdefault(key, KeyStats())
+                stats.by_status[status] = stats.by_status.get(status, 0) + 1
+
+    def successes(self, key: str) -> tuple[int, int]:
+        """(successful completions in total, successful completions of `key`): what budgets spend."""
+        with self._lock:
+            stats = self.keys.get(key)
+            return self.completions_ok, stats.ok if stats else 0
+
+    def admit(self, key: str, rate: Rate) -> float | None:
+        """Pass one request of `key` through its sliding window; seconds to wait if refused."""
+        now = self.clock()
+        with self._lock:
+            return self.keys.setdefault(key, KeyStats()).window.arrive(now, rate)
+
+    def rate_headers(self, key: str, rate: Rate) -> dict[str, str]:
+        """The `x-ratelimit-*` headers a rate-limited key gets on every response."""
+        now = self.clock()
+        with self._lock:
+            window = self.keys.setdefault(key, KeyStats()).window
+            remaining, reset = window.remaining(now, rate), window.reset_in(now, rate)
+        return {
+            "x-ratelimit-limit-requests": str(rate.count),
+            "x-ratelimit-remaining-requests": str(remaining),
+            "x-ratelimit-reset-requests": _format_seconds(reset),
+        }
+
+    def record_success(self, key: str, messages: Any) -> int:
+        """Count a successful completion; returns its sequence number for the completion id.
+
+        A success whose `messages` were already answered is a duplicate: the client redid work.
+        """
+        fingerprint = hashlib.sha256(
+            json.dumps(messages, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+        ).hexdigest()
+        with self._lock:
+            self.completions_ok += 1
+            self.keys.setdefault(key, KeyStats()).ok += 1
+            if fingerprint in self._served:
+                self.duplicates += 1
+            else:
+                self._served.add(fingerprint)
+            self._completion_ids += 1
+            return self._completion_ids
+
+
+def _format_seconds(seconds: float) -> str:
+    """`0.35s`, `1s`: the form of `x-ratelimit-reset-requests`."""
+    return f"{seconds:.3f}".rstrip("0").rstrip(".") + "s"

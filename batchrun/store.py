@@ -1,0 +1,653 @@
+"""The queue database: the only module (with `schema.py`) that talks SQL.
+
+Operations are named after what they do (`add_jobs`, `claim`, `record`, `release`, `counts`, ...) and
+return frozen dataclasses; rows never leave this module. Every SQLAlchemy error is translated into
+`StoreError` here.
+
+Portability: the same statements run on SQLite (the embedded default) and PostgreSQL. A claim is one
+`UPDATE … WHERE id IN (SELECT … FOR UPDATE SKIP LOCKED) RETURNING …`: PostgreSQL skips rows other
+runners are claiming; SQLite takes its single write lock (`BEGIN IMMEDIATE`) so two processes never
+claim the same row. SQLite runs in WAL mode so readers (`status`, `export`) never block the runner.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any, Protocol
+
+from sqlalchemy import (
+    Connection,
+    Engine,
+    and_,
+    bindparam,
+    create_engine,
+    event,
+    func,
+    insert,
+    select,
+    text,
+    update,
+)
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+
+from batchrun.errors import StoreError
+from batchrun.schema import api_keys, batches, jobs, runners
+
+log = logging.getLogger(__name__)
+
+QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = "queued", "running", "succeeded", "failed", "cancelled"
+JOB_STATES = (QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED)
+
+
+# --- values -------------------------------------------------------------------------------------
+
+class NewJob(Protocol):
+    """A validated job line ready to be queued (`jobfile.JobSpec` is one)."""
+
+    @property
+    def line(self) -> int: ...
+    @property
+    def custom_id(self) -> str: ...
+    @property
+    def model(self) -> str: ...
+    @property
+    def body_json(self) -> str: ...
+    @property
+    def body_hash(self) -> str: ...
+    @property
+    def prompt_chars(self) -> int: ...
+    @property
+    def max_tokens(self) -> int | None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class AddResult:
+    loaded: int
+    duplicates: int
+    conflicts: tuple[NewJob, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimedJob:
+    id: int
+    batch_id: int
+    custom_id: str
+    body: str
+    model: str
+    prompt_chars: int
+    max_tokens: int | None
+    attempts: int
+
+
+@dataclass(frozen=True, slots=True)
+class Succeeded:
+    job_id: int
+    attempts: int
+    key_id: str
+    status_code: int
+    request_id: str | None
+    response: str
+    model_served: str | None
+    finish_reason: str | None
+    prompt_tokens: int | None
+    completion_tokens: int | None
+    total_tokens: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class Failed:
+    job_id: int
+    attempts: int
+    key_id: str | None
+    status_code: int | None
+    response: str | None
+    error_code: str
+    error_message: str
+
+
+@dataclass(frozen=True, slots=True)
+class Retry:
+    """Back to the queue, not before `not_before`; the last error is kept for the record."""
+
+    job_id: int
+    attempts: int
+    not_before: float
+    key_id: str | None
+    status_code: int | None
+    response: str | None
+    error_code: str
+    error_message: str
+
+
+Outcome = Succeeded | Failed | Retry
+
+
+@dataclass(frozen=True, slots=True)
+class BatchCounts:
+    name: str
+    total: int
+    queued: int
+    running: int
+    succeeded: int
+    failed: int
+    cancelled: int
+    attempts: int
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+    failed_by_code: dict[str, int]
+
+    @property
+    def retries(self) -> int:
+        """Attempts beyond the first of every finished-or-tried job."""
+        return max(0, self.attempts - (self.succeeded + self.failed))
+
+
+@dataclass(frozen=True, slots=True)
+class Pending:
+    """What is left to do in the scope of a run, as far as the database knows."""
+
+    queued_now: int
+    queued_later: int
+    next_not_before: float | None
+    running: int
+    next_lease_expiry: float | None
+
+    @property
+    def empty(self) -> bool:
+        return not (self.queued_now or self.queued_later or self.running)
+
+
+@dataclass(frozen=True, slots=True)
+class ExportRow:
+    job_id: int
+    custom_id: str
+    state: str
+    model: str
+    model_served: str | None
+    attempts: int
+    key_id: str | None
+    status_code: int | None
+    request_id: str | None
+    response: str | None
+    error_code: str | None
+    error_message: str | None
+    finish_reason: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class KeyRecord:
+    id: str
+    state: str
+    reason: str | None
+    since: float
+
+
+@dataclass(frozen=True, slots=True)
+class RunnerRecord:
+    owner: str
+    host: str
+    pid: int
+    started_at: float
+    heartbeat_at: float
+    ended_at: float | None
+    exit_code: int | None
+    outcome: str | None
+
+
+# --- the store ----------------------------------------------------------------------------------
+
+class Store:
+    """A connection to one queue database. Use from one thread at a time."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        self._writer = engine.execution_options(batchrun_write=True)
+        self.url = engine.url.render_as_string(hide_password=True)
+
+    @classmethod
+    def open(cls, url: str, *, migrate: bool = True) -> Store:
+        """Open (and, unless told not to, bring up to date) the database at `url`."""
+        engine = _create_engine(url)
+        store = cls(engine)
+        if migrate:
+            store.upgrade()
+        return store
+
+    def close(self) -> None:
+        self._engine.dispose()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- schema ---
+
+    def upgrade(self) -> None:
+        """Run pending Alembic migrations; cheap when the database is already at head."""
+        from alembic import command
+        from alembic.script import ScriptDirectory
+
+        config = _alembic_config(self._engine)
+        head = ScriptDirectory.from_config(config).get_current_head()
+        if self._current_revision() == head:
+            return
+        with self._write() as conn:
+            if conn.dialect.name == "postgresql":
+                # Two runners starting on a fresh database must not both create the tables.
+                conn.execute(text("SELECT pg_advisory_xact_lock(7166021)"))
+            config.attributes["connection"] = conn
+            try:
+                command.upgrade(config, "head")
+            except SQLAlchemyError as exc:
+                raise StoreError(f"cannot migrate {self.url}: {_reason(exc)}") from exc
+
+    def _current_revision(self) -> str | None:
+        try:
+            with self._engine.connect() as conn:
+                return conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
+        except SQLAlchemyError:
+            return None
+
+    # --- transactions ---
+
+    @contextmanager
+    def _write(self) -> Iterator[Connection]:
+        try:
+            with self._writer.begin() as conn:
+                yield conn
+        except SQLAlchemyError as exc:
+            raise StoreError(f"database {self.url}: {_reason(exc)}") from exc
+
+    @contextmanager
+    def _read(self) -> Iterator[Connection]:
+        try:
+            with self._engine.connect() as conn:
+                yield conn
+        except SQLAlchemyError as exc:
+            raise StoreError(f"database {self.url}: {_reason(exc)}") from exc
+
+    # --- submitting ---
+
+    def ensure_batch(self, name: str, conn: Connection | None = None) -> int:
+        if conn is None:
+            with self._write() as own:
+                return self.ensure_batch(name, own)
+        found = conn.execute(select(batches.c.id).where(batches.c.name == name)).scalar()
+        if found is not None:
+            return int(found)
+        return int(conn.execute(
+            insert(batches).values(name=name, created_at=time.time()).returning(batches.c.id)
+        ).scalar_one())
+
+    def batch_id(self, name: str) -> int | None:
+        with self._read() as conn:
+            found = conn.execute(select(batches.c.id).where(batches.c.name == name)).scalar()
+            return None if found is None else int(found)
+
+    def add_jobs(self, batch_id: int, new_jobs: Sequence[NewJob], conn: Connection | None = None) -> AddResult:
+        """Queue the jobs not there yet; the same custom_id with the same body is a duplicate, with
+        another body a conflict (not loaded)."""
+        if conn is None:
+            with self._write() as own:
+                return self.add_jobs(batch_id, new_jobs, own)
+        by_id: dict[str, NewJob] = {}
+        duplicates = 0
+        conflicts: list[NewJob] = []
+        for job in new_jobs:
+            seen = by_id.get(job.custom_id)
+            if seen is None:
+                by_id[job.custom_id] = job
+            elif seen.body_hash == job.body_hash:
+                duplicates += 1
+            else:
+                conflicts.append(job)
+        existing: dict[str, str] = {}
+        ids = list(by_id)
+        for start in range(0, len(ids), 500):
+            chunk = ids[start:start + 500]
+            existing.update(conn.execute(
+                select(jobs.c.custom_id, jobs.c.body_hash)
+                .where(jobs.c.batch_id == batch_id, jobs.c.custom_id.in_(chunk))
+            ).tuples().all())
+        rows = []
+        for custom_id, job in by_id.items():
+            known = existing.get(custom_id)
+            if known is None:
+                rows.append({
+                    "batch_id": batch_id, "line": job.line, "custom_id": custom_id,
+                    "body_hash": job.body_hash, "body": job.body_json, "model": job.model,
+                    "prompt_chars": job.prompt_chars, "max_tokens": job.max_tokens,
+                    "state": QUEUED, "attempts": 0, "not_before": 0.0,
+                })
+            elif known == job.body_hash:
+                duplicates += 1
+            else:
+                conflicts.append(job)
+        if rows:
+            rows.sort(key=lambda row: row["line"])
+            conn.execute(insert(jobs), rows)
+        return AddResult(loaded=len(rows), duplicates=duplicates, conflicts=tuple(conflicts))
+
+    @contextmanager
+    def transaction(self) -> Iterator[Connection]:
+        """One write transaction for a caller that needs several operations to land together."""
+        with self._write() as conn:
+            yield conn
+
+    # --- working ---
+
+    def claim(self, owner: str, limit: int, lease_seconds: float, batch_id: int | None = None,
+              now: float | None = None) -> list[ClaimedJob]:
+        """Lease up to `limit` due queued jobs to `owner`, in input order."""
+        now = time.time() if now is None else now
+        due = select(jobs.c.id).where(jobs.c.state == QUEUED, jobs.c.not_before <= now)
+        if batch_id is not None:
+            due = due.where(jobs.c.batch_id == batch_id)
+        due = due.order_by(jobs.c.batch_id, jobs.c.id).limit(limit).with_for_update(skip_locked=True)
+        stmt = (
+            update(jobs)
+            .where(jobs.c.id.in_(due.scalar_subquery()))
+            .values(state=RUNNING, lease_owner=owner, lease_expires=now + lease_seconds)
+            .returning(jobs.c.id, jobs.c.batch_id, jobs.c.custom_id, jobs.c.body, jobs.c.model,
+                       jobs.c.prompt_chars, jobs.c.max_tokens, jobs.c.attempts)
+        )
+        with self._write() as conn:
+            claimed = [ClaimedJob(*row) for row in conn.execute(stmt).tuples()]
+        claimed.sort(key=lambda job: (job.batch_id, job.id))
+        return claimed
+
+    def record(self, owner: str, outcomes: Iterable[Outcome], now: float | None = None) -> int:
+        """Write outcomes of jobs this owner holds, in one transaction. Returns how many landed.
+
+        A job whose lease was lost meanwhile (another runner reclaimed it) is not touched: a finished
+        result is never overwritten.
+        """
+        now = time.time() if now is None else now
+        done, failed, retried = [], [], []
+        for outcome in outcomes:
+            if isinstance(outcome, Succeeded):
+                done.append({
+                    "b_id": outcome.job_id, "attempts": outcome.attempts, "key_id": outcome.key_id,
+                    "status_code": outcome.status_code, "request_id": outcome.request_id,
+                    "response": outcome.response, "model_served": outcome.model_served,
+                    "finish_reason": outcome.finish_reason, "prompt_tokens": outcome.prompt_tokens,
+                    "completion_tokens": outcome.completion_tokens, "total_tokens": outcome.total_tokens,
+                })
+            elif isinstance(outcome, Failed):
+                failed.append({
+                    "b_id": outcome.job_id, "attempts": outcome.attempts, "key_id": outcome.key_id,
+                    "status_code": outcome.status_code, "response": outcome.response,
+                    "error_code": outcome.error_code, "error_message": outcome.error_message,
+                })
+            else:
+                retried.append({
+                    "b_id": outcome.job_id, "attempts": outcome.attempts, "not_before": outcome.not_before,
+                    "key_id": outcome.key_id, "status_code": outcome.status_code,
+                    "response": outcome.response, "error_code": outcome.error_code,
+                    "error_message": outcome.error_message,
+                })
+        held = and_(jobs.c.id == bindparam("b_id"), jobs.c.state == RUNNING, jobs.c.lease_owner == owner)
+        landed = 0
+        with self._write() as conn:
+            if done:
+                landed += conn.execute(update(jobs).where(held).values(
+                    state=SUCCEEDED, lease_owner=None, lease_expires=None, finished_at=now,
+                    error_code=None, error_message=None), done).rowcount
+            if failed:
+                landed += conn.execute(update(jobs).where(held).values(
+                    state=FAILED, lease_owner=None, lease_expires=None, finished_at=now,
+                    request_id=None), failed).rowcount
+            if retried:
+                landed += conn.execute(update(jobs).where(held).values(
+                    state=QUEUED, lease_owner=None, lease_expires=None), retried).rowcount
+        expected = len(done) + len(failed) + len(retried)
+        if landed != expected:
+            log.warning("%d outcome(s) not recorded: their lease had been lost to another runner",
+                        expected - landed)
+        return landed
+
+    def release(self, owner: str, job_ids: Sequence[int]) -> None:
+        """Give jobs that were claimed but not sent back to the queue, without spending an attempt."""
+        if not job_ids:
+            return
+        with self._write() as conn:
+            conn.execute(
+                update(jobs).where(jobs.c.id == bindparam("b_id"), jobs.c.state == RUNNING,
+                                   jobs.c.lease_owner == owner)
+                .values(state=QUEUED, lease_owner=None, lease_expires=None),
+                [{"b_id": job_id} for job_id in job_ids],
+            )
+
+    def release_owned(self, owner: str) -> int:
+        """Give back every job this owner still holds (at the end of a run: none of them was sent)."""
+        with self._write() as conn:
+            return int(conn.execute(
+                update(jobs).where(jobs.c.lease_owner == owner, jobs.c.state == RUNNING)
+                .values(state=QUEUED, lease_owner=None, lease_expires=None)).rowcount)
+
+    def extend_leases(self, owner: str, lease_seconds: float, now: float | None = None) -> None:
+        now = time.time() if now is None else now
+        with self._write() as conn:
+            conn.execute(update(jobs).where(jobs.c.lease_owner == owner, jobs.c.state == RUNNING)
+                         .values(lease_expires=now + lease_seconds))
+            conn.execute(update(runners).where(runners.c.owner == owner).values(heartbeat_at=now))
+
+    def requeue_expired(self, now: float | None = None) -> int:
+        """Put jobs whose lease ran out (their runner died) back in the queue."""
+        now = time.time() if now is None else now
+        with self._write() as conn:
+            return int(conn.execute(
+                update(jobs).where(jobs.c.state == RUNNING, jobs.c.lease_expires < now)
+                .values(state=QUEUED, lease_owner=None, lease_expires=None)).rowcount)
+
+    def pending(self, batch_id: int | None = None, now: float | None = None) -> Pending:
+        now = time.time() if now is None else now
+        scope = [] if batch_id is None else [jobs.c.batch_id == batch_id]
+        with self._read() as conn:
+            queued_now, queued_later, next_due = conn.execute(
+                select(
+                    func.count().filter(jobs.c.not_before <= now),
+                    func.count().filter(jobs.c.not_before > now),
+                    func.min(jobs.c.not_before).filter(jobs.c.not_before > now),
+                ).where(jobs.c.state == QUEUED, *scope)
+            ).one()
+            running, next_expiry = conn.execute(
+                select(func.count(), func.min(jobs.c.lease_expires)).where(jobs.c.state == RUNNING, *scope)
+            ).one()
+        return Pending(int(queued_now), int(queued_later), next_due, int(running), next_expiry)
+
+    # --- runners ---
+
+    def register_runner(self, owner: str, now: float | None = None) -> None:
+        now = time.time() if now is None else now
+        with self._write() as conn:
+            conn.execute(insert(runners).values(owner=owner, host=socket.gethostname(), pid=os.getpid(),
+                                                started_at=now, heartbeat_at=now))
+
+    def finish_runner(self, owner: str, exit_code: int, outcome: str, now: float | None = None) -> None:
+        now = time.time() if now is None else now
+        with self._write() as conn:
+            conn.execute(update(runners).where(runners.c.owner == owner)
+                         .values(ended_at=now, exit_code=exit_code, outcome=outcome, heartbeat_at=now))
+
+    def release_dead_runners(self, is_alive: Any) -> list[str]:
+        """Requeue the jobs of runners on this host whose process is gone (killed, crashed).
+
+        Their leases would expire anyway; this lets a run started right after a crash carry on at
+        once instead of waiting out the lease.
+        """
+        host = socket.gethostname()
+        with self._write() as conn:
+            rows = conn.execute(select(runners.c.owner, runners.c.pid)
+                                .where(runners.c.host == host, runners.c.ended_at.is_(None))).tuples().all()
+            dead = [owner for owner, pid in rows if not is_alive(pid)]
+            for owner in dead:
+                conn.execute(update(jobs).where(jobs.c.lease_owner == owner, jobs.c.state == RUNNING)
+                             .values(state=QUEUED, lease_owner=None, lease_expires=None))
+                conn.execute(update(runners).where(runners.c.owner == owner)
+                             .values(ended_at=time.time(), outcome="died (process gone)"))
+        return dead
+
+    def last_runner(self) -> RunnerRecord | None:
+        with self._read() as conn:
+            row = conn.execute(select(runners.c.owner, runners.c.host, runners.c.pid, runners.c.started_at,
+                                      runners.c.heartbeat_at, runners.c.ended_at, runners.c.exit_code,
+                                      runners.c.outcome)
+                               .order_by(runners.c.id.desc()).limit(1)).first()
+        return None if row is None else RunnerRecord(*row)
+
+    # --- keys ---
+
+    def key_records(self) -> dict[str, KeyRecord]:
+        with self._read() as conn:
+            rows = conn.execute(select(api_keys.c.id, api_keys.c.state, api_keys.c.reason, api_keys.c.since))
+            return {row[0]: KeyRecord(*row) for row in rows.tuples()}
+
+    def set_key_state(self, key_id: str, state: str, reason: str | None, now: float | None = None) -> None:
+        now = time.time() if now is None else now
+        with self._write() as conn:
+            changed = conn.execute(update(api_keys).where(api_keys.c.id == key_id)
+                                   .values(state=state, reason=reason, since=now)).rowcount
+            if not changed:
+                conn.execute(insert(api_keys).values(id=key_id, state=state, reason=reason, since=now))
+
+    # --- reading ---
+
+    def batch_names(self) -> dict[int, str]:
+        with self._read() as conn:
+            return dict(conn.execute(select(batches.c.id, batches.c.name).order_by(batches.c.id)).tuples().all())
+
+    def counts(self, batch_id: int | None = None) -> list[BatchCounts]:
+        names = self.batch_names()
+        per_state = select(
+            jobs.c.batch_id, jobs.c.state, func.count(), func.coalesce(func.sum(jobs.c.attempts), 0),
+            func.coalesce(func.sum(jobs.c.prompt_tokens), 0), func.coalesce(func.sum(jobs.c.completion_tokens), 0),
+            func.coalesce(func.sum(jobs.c.total_tokens), 0),
+        ).group_by(jobs.c.batch_id, jobs.c.state)
+        per_code = (select(jobs.c.batch_id, jobs.c.error_code, func.count())
+                    .where(jobs.c.state == FAILED).group_by(jobs.c.batch_id, jobs.c.error_code))
+        if batch_id is not None:
+            per_state = per_state.where(jobs.c.batch_id == batch_id)
+            per_code = per_code.where(jobs.c.batch_id == batch_id)
+        tally: dict[int, dict[str, Any]] = {}
+        with self._read() as conn:
+            for bid, state, count, attempts, prompt, completion, total in conn.execute(per_state).tuples():
+                entry = tally.setdefault(bid, _empty_tally())
+                entry[state] = int(count)
+                entry["attempts"] += int(attempts)
+                entry["prompt_tokens"] += int(prompt)
+                entry["completion_tokens"] += int(completion)
+                entry["total_tokens"] += int(total)
+            for bid, code, count in conn.execute(per_code).tuples():
+                tally.setdefault(bid, _empty_tally())["failed_by_code"][code or "unknown"] = int(count)
+        wanted = [batch_id] if batch_id is not None else list(names)
+        result = []
+        for bid in wanted:
+            entry = tally.get(bid, _empty_tally())
+            result.append(BatchCounts(
+                name=names.get(bid, str(bid)), total=sum(entry[s] for s in JOB_STATES),
+                **{s: entry[s] for s in JOB_STATES}, attempts=entry["attempts"],
+                prompt_tokens=entry["prompt_tokens"], completion_tokens=entry["completion_tokens"],
+                total_tokens=entry["total_tokens"], failed_by_code=entry["failed_by_code"],
+            ))
+        return result
+
+    def export_rows(self, states: Sequence[str], batch_id: int | None = None,
+                    chunk: int = 2000) -> Iterator[ExportRow]:
+        """Jobs in the given states, in input order, read in chunks (memory stays flat)."""
+        columns = (jobs.c.id, jobs.c.custom_id, jobs.c.state, jobs.c.model, jobs.c.model_served,
+                   jobs.c.attempts, jobs.c.key_id, jobs.c.status_code, jobs.c.request_id, jobs.c.response,
+                   jobs.c.error_code, jobs.c.error_message, jobs.c.finish_reason)
+        last = (-1, -1)
+        while True:
+            query = select(jobs.c.batch_id, *columns).where(jobs.c.state.in_(states))
+            if batch_id is not None:
+                query = query.where(jobs.c.batch_id == batch_id, jobs.c.id > last[1])
+            else:
+                query = query.where((jobs.c.batch_id > last[0]) |
+                                    and_(jobs.c.batch_id == last[0], jobs.c.id > last[1]))
+            query = query.order_by(jobs.c.batch_id, jobs.c.id).limit(chunk)
+            with self._read() as conn:
+                rows = conn.execute(query).tuples().all()
+            if not rows:
+                return
+            for row in rows:
+                yield ExportRow(*row[1:])
+            last = (rows[-1][0], rows[-1][1])
+
+
+def _empty_tally() -> dict[str, Any]:
+    tally: dict[str, Any] = {state: 0 for state in JOB_STATES}
+    tally.update(attempts=0, prompt_tokens=0, completion_tokens=0, total_tokens=0, failed_by_code={})
+    return tally
+
+
+# --- engine set-up ------------------------------------------------------------------------------
+
+def _create_engine(url: str) -> Engine:
+    try:
+        parsed = make_url(url)
+    except ArgumentError as exc:
+        raise StoreError(f"not a database URL: {url!r} (expected e.g. sqlite:///batchrun.db or "
+                         "postgresql://user@host:5432/db)") from exc
+    backend = parsed.get_backend_name()
+    if backend == "sqlite":
+        database = parsed.database or ""
+        if database and database != ":memory:":
+            folder = os.path.dirname(os.path.abspath(database))
+            if not os.path.isdir(folder):
+                raise StoreError(f"cannot open database {url}: folder {folder} does not exist")
+        engine = create_engine(parsed, connect_args={"timeout": 60})
+        _tune_sqlite(engine)
+        return engine
+    if backend == "postgresql":
+        if parsed.drivername == "postgresql":
+            parsed = parsed.set(drivername="postgresql+psycopg")
+        return create_engine(parsed, pool_pre_ping=True)
+    raise StoreError(f"unsupported database {url!r}: use sqlite:///PATH or postgresql://...")
+
+
+def _tune_sqlite(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # We issue BEGIN ourselves (below); the driver's implicit transactions would get in the way.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA busy_timeout=60000")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        # A writer takes the write lock up front: a deferred transaction that upgrades from read
+        # to write can fail with "database is locked" instead of waiting its turn.
+        immediate = conn.get_execution_options().get("batchrun_write", False)
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+
+def _alembic_config(engine: Engine) -> Any:
+    from alembic.config import Config
+
+    config = Config()
+    config.set_main_option("script_location", str(resources.files("batchrun.migrations")))
+    config.set_main_option("sqlalchemy.url", engine.url.render_as_string(hide_password=False)
+                           .replace("%", "%%"))
+    return config
+
+
+def _reason(exc: SQLAlchemyError) -> str:
+    original = getattr(exc, "orig", None)
+    return str(original if original is not None else exc).strip().splitlines()[0]

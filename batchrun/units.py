@@ -1,0 +1,66 @@
+"""Parsing of the small value types that flags and config files share: durations and rates."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from batchrun.errors import ConfigError
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_SECONDS_PER_UNIT = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def parse_duration(text: str | float | int, *, field: str = "duration") -> float:
+    """Seconds from `500ms`, `1s`, `1.5m`, `6h`, `1d`, or a bare number of seconds."""
+    if isinstance(text, (int, float)) and not isinstance(text, bool):
+        seconds = float(text)
+    else:
+        match = _DURATION.match(str(text))
+        if not match:
+            raise ConfigError(f"{field}: {text!r} is not a duration (examples: 500ms, 1s, 1m, 6h)")
+        seconds = float(match.group(1)) * _SECONDS_PER_UNIT[match.group(2) or "s"]
+    if seconds < 0:
+        raise ConfigError(f"{field}: {text!r} must not be negative")
+    return seconds
+
+
+@dataclass(frozen=True, slots=True)
+class Rate:
+    """At most `count` units in any window of `period` seconds."""
+
+    count: int
+    period: float
+
+    def __str__(self) -> str:
+        return f"{self.count}/{_format_period(self.period)}"
+
+
+def parse_rate(text: str, *, field: str = "rate") -> Rate:
+    """A rate like `20/1s`, `600/1m` or `600/m`; the count must be a positive integer."""
+    count_text, sep, period_text = str(text).partition("/")
+    if not sep:
+        raise ConfigError(f"{field}: {text!r} is not a rate (expected N/DURATION, e.g. 20/1s or 600/1m)")
+    try:
+        count = int(count_text.strip())
+    except ValueError:
+        raise ConfigError(f"{field}: {text!r}: {count_text.strip()!r} is not a whole number") from None
+    period_text = period_text.strip()
+    if period_text and period_text[0].isalpha():
+        period_text = "1" + period_text
+    period = parse_duration(period_text, field=field)
+    if count <= 0 or period <= 0:
+        raise ConfigError(f"{field}: {text!r} must have a positive count and duration")
+    return Rate(count, period)
+
+
+def per_minute(count: int) -> Rate:
+    return Rate(count, 60.0)
+
+
+def _format_period(seconds: float) -> str:
+    if seconds >= 60 and seconds % 60 == 0:
+        return f"{int(seconds // 60)}m"
+    if seconds >= 1 and float(seconds).is_integer():
+        return f"{int(seconds)}s"
+    return f"{int(round(seconds * 1000))}ms"
