@@ -73,7 +73,12 @@ def _forget_until(times: deque[float], horizon: float) -> None:
 
 @dataclass
 class KeyStats:
-    """What one key did: completion requests, successes, statuses, and its busiest window."""
+    """What one key did: completion requests, successes, statuses, and its busiest window.
+
+    `max_window` counts the requests that reached the rate limiter (every one a key with budget
+    left sent, admitted or refused); 401s and 402s are answered before it and are not counted.
+    It stays 0 while no rate limit is configured.
+    """
 
     requests: int = 0
     ok: int = 0

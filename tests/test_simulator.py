@@ -24,6 +24,7 @@ import aiohttp
 import pytest
 from click.testing import CliRunner
 
+from batchrun.errors import ConfigError
 from batchrun.simulator import (
     STATE_KEY,
     ModelSpec,
@@ -566,7 +567,7 @@ def test_simulator_thread_serves_and_stops() -> None:
 
 def test_simulator_thread_reports_a_port_in_use() -> None:
     with SimulatorThread() as sim:
-        with pytest.raises(Exception, match="cannot listen"):
+        with pytest.raises(ConfigError, match="cannot listen"):
             with SimulatorThread(port=sim.port):
                 pass
 
@@ -618,6 +619,13 @@ def test_cli_rejects_bad_options(args: list[str], fragment: str) -> None:
     result = CliRunner().invoke(simulate_command, args)
     assert result.exit_code == 2
     assert fragment in result.output
+
+
+def test_cli_reads_options_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BATCHRUN_SIM_RATE_LIMIT", "sometimes")
+    result = CliRunner().invoke(simulate_command, [])
+    assert result.exit_code == 2
+    assert "sometimes" in result.output
 
 
 def test_cli_help_has_an_example() -> None:

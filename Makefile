@@ -1,0 +1,30 @@
+# batchrun — the two commands a new machine needs: `make demo` and `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+
+.PHONY: install demo test typecheck check bench clean
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $@
+
+install: $(BIN)/.installed
+
+## Start the bundled simulator, submit jobs/example.jsonl, run it with 3 keys, show status, export.
+demo: install
+	BIN=$(BIN) bash scripts/demo.sh
+
+## The whole test suite (unit, integration against a real simulator and real databases, CLI acceptance).
+test: install
+	$(BIN)/pytest -n 2 -q -p no:cacheprovider
+
+typecheck: install
+	$(BIN)/mypy
+
+check: typecheck test
+
+clean:
+	rm -rf demo .pytest_cache .mypy_cache

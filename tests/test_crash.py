@@ -1,0 +1,56 @@
+"""Kill `batchrun run` with SIGKILL mid-run, run again: nothing lost, nothing exported twice, and the
+provider saw only the requests that were in flight at the kill twice."""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from pathlib import Path
+
+from conftest import Cli, make_keys, read_jsonl, write_jobs
+
+from batchrun.simulator import RunningSimulator
+
+CONCURRENCY = 8
+
+
+def wait_for(predicate, timeout: float) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("timed out waiting")
+        time.sleep(0.02)
+
+
+def test_sigkill_mid_run_then_resume_exports_every_job_exactly_once(cli: Cli, sim: RunningSimulator,
+                                                                    tmp_path: Path) -> None:
+    sim.config.latency = 0.03
+    prompts = write_jobs(tmp_path / "jobs.jsonl", 240)
+    cli("submit", str(tmp_path / "jobs.jsonl"))
+    env = {"BATCHRUN_BASE_URL": sim.base_url, "BATCHRUN_API_KEYS": ",".join(make_keys(2))}
+    args = ("run", "--no-progress", "--concurrency", str(CONCURRENCY))
+
+    kills = 0
+    for threshold in (40, 110):
+        process = cli.popen(*args, env=env)
+        wait_for(lambda: sim.state.snapshot()["completions_ok"] >= threshold, timeout=60)
+        process.send_signal(signal.SIGKILL)
+        process.communicate(timeout=10)
+        assert process.returncode == -signal.SIGKILL
+        kills += 1
+
+    final = cli(*args, env=env)
+
+    assert final.returncode == 0, final.stderr
+    cli("export", "--output", str(tmp_path / "results.jsonl"))
+    results = read_jsonl(tmp_path / "results.jsonl")
+    assert sorted(row["custom_id"] for row in results) == sorted(prompts)
+    for row in results:
+        assert row["response"]["body"]["choices"][0]["message"]["content"] == "echo: " + prompts[row["custom_id"]]
+    stats = sim.state.snapshot()
+    # Only what was in flight (sent, or answered but not yet committed) at each kill is sent again.
+    assert stats["duplicates"] <= kills * 2 * CONCURRENCY, stats
+    assert stats["completions_ok"] == len(prompts) + stats["duplicates"]
+    status = json.loads(cli("status", "--json").stdout)["batches"][0]
+    assert (status["succeeded"], status["queued"], status["running"]) == (240, 0, 0)

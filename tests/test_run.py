@@ -1,0 +1,187 @@
+"""`batchrun run` against the simulator as a real server, asserting what a user sees: the exported
+rows, the exit code, the messages, and what the provider received."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from conftest import FAST_RETRY, Cli, make_keys, read_jsonl, write_jobs
+
+from batchrun.simulator import RunningSimulator
+from batchrun.units import Rate
+
+
+def run_env(sim: RunningSimulator, keys: list[str]) -> dict[str, str]:
+    return {"BATCHRUN_BASE_URL": sim.base_url, "BATCHRUN_API_KEYS": ",".join(keys)}
+
+
+def export(cli: Cli, tmp_path: Path) -> tuple[list[dict], list[dict]]:
+    result = cli("export", "--output", str(tmp_path / "results.jsonl"), "--errors", str(tmp_path / "errors.jsonl"))
+    assert result.returncode == 0, result.stderr
+    return read_jsonl(tmp_path / "results.jsonl"), read_jsonl(tmp_path / "errors.jsonl")
+
+
+def test_three_keys_within_their_window_limit_finish_every_job(cli: Cli, sim: RunningSimulator,
+                                                               tmp_path: Path) -> None:
+    sim.config.rate_limit = Rate(10, 0.5)
+    prompts = write_jobs(tmp_path / "jobs.jsonl", 120)
+    assert cli("submit", str(tmp_path / "jobs.jsonl")).returncode == 0
+
+    result = cli("run", "--rate-limit", "10/500ms", "--no-progress", env=run_env(sim, make_keys(3)))
+
+    assert result.returncode == 0, result.stderr
+    assert "succeeded: 120" in result.stdout and "exit 0" in result.stdout
+    stats = sim.state.snapshot()
+    assert stats["by_status"] == {"200": 120}, stats
+    assert set(stats["max_window"]) == {"key1", "key2", "key3"}
+    assert max(stats["max_window"].values()) <= 10, stats["max_window"]
+    # Spread over the keys: each key did a fair share.
+    assert min(s["requests"] for s in stats["keys"].values()) >= 30
+    results, errors = export(cli, tmp_path)
+    assert errors == []
+    assert [row["custom_id"] for row in results] == sorted(prompts)  # input order
+    for row in results:
+        body = row["response"]["body"]
+        assert row["response"]["status_code"] == 200 and row["error"] is None
+        assert body["choices"][0]["message"]["content"] == "echo: " + prompts[row["custom_id"]]
+        assert row["response"]["request_id"] == body["request_id"]
+        assert row["batchrun"]["model_requested"] == "fast" and row["batchrun"]["model_served"] == "sim-small"
+        assert row["batchrun"]["key"] in {"key1", "key2", "key3"}
+
+
+def test_transient_failures_are_retried_and_counted(cli: Cli, sim: RunningSimulator, tmp_path: Path) -> None:
+    sim.config.fail_rate = 0.25
+    sim.config.reset_rate = 0.05
+    write_jobs(tmp_path / "jobs.jsonl", 80)
+    cli("submit", str(tmp_path / "jobs.jsonl"))
+
+    result = cli("run", "--no-progress", "--max-attempts", "12", *FAST_RETRY, env=run_env(sim, make_keys(2)))
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    stats = sim.state.snapshot()
+    assert stats["by_status"].get("503", 0) > 0
+    status = json.loads(cli("status", "--json").stdout)["batches"][0]
+    assert status["succeeded"] == 80 and status["failed"] == 0
+    assert status["retries"] == stats["by_status"]["503"] + stats["resets"]
+    assert status["retries"] > 0
+    assert f"retries: {status['retries']}" in result.stdout
+    results, _ = export(cli, tmp_path)
+    assert len(results) == 80 and len({r["custom_id"] for r in results}) == 80
+    assert any(r["batchrun"]["attempts"] > 1 for r in results)
+
+
+def test_a_permanent_outage_fails_jobs_after_max_attempts(cli: Cli, sim: RunningSimulator, tmp_path: Path) -> None:
+    sim.config.fail_rate = 1.0
+    write_jobs(tmp_path / "jobs.jsonl", 5)
+    cli("submit", str(tmp_path / "jobs.jsonl"))
+
+    result = cli("run", "--no-progress", "--max-attempts", "3", *FAST_RETRY, env=run_env(sim, make_keys(1)))
+
+    assert result.returncode == 1, result.stderr
+    assert sim.state.snapshot()["by_status"] == {"503": 15}
+    _, errors = export(cli, tmp_path)
+    assert len(errors) == 5
+    for row in errors:
+        assert row["error"]["code"] == "transient"
+        assert "no capacity" in row["error"]["message"] and "503" in row["error"]["message"]
+        assert row["response"]["status_code"] == 503
+        assert row["batchrun"]["attempts"] == 3
+
+
+def test_400_and_422_fail_at_once_with_the_providers_message(cli: Cli, sim: RunningSimulator,
+                                                             tmp_path: Path) -> None:
+    job_file = tmp_path / "jobs.jsonl"
+    lines = [
+        {"custom_id": "ok", "model": "fast", "messages": [{"role": "user", "content": "fine"}]},
+        {"custom_id": "too-hot", "model": "fast", "temperature": 7,
+         "messages": [{"role": "user", "content": "x"}]},
+        {"custom_id": "no-json-mode", "model": "sim-mini", "response_format": {"type": "json_object"},
+         "messages": [{"role": "user", "content": "x"}]},
+    ]
+    job_file.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    cli("submit", str(job_file))
+
+    result = cli("run", "--no-progress", *FAST_RETRY, env=run_env(sim, make_keys(1)))
+
+    assert result.returncode == 1, result.stderr
+    assert sim.state.snapshot()["requests_total"] == 3  # each attempted exactly once
+    results, errors = export(cli, tmp_path)
+    assert [r["custom_id"] for r in results] == ["ok"]
+    by_id = {row["custom_id"]: row for row in errors}
+    hot = by_id["too-hot"]
+    assert hot["error"]["code"] == "validation_error"
+    assert "body.temperature" in hot["error"]["message"]
+    assert hot["response"]["status_code"] == 422 and "detail" in hot["response"]["body"]
+    assert hot["batchrun"]["attempts"] == 1
+    mini = by_id["no-json-mode"]
+    assert mini["error"]["code"] == "bad_request" and mini["response"]["status_code"] == 400
+    assert mini["response"]["body"]["error"]["message"] in mini["error"]["message"]
+    assert mini["batchrun"]["attempts"] == 1
+
+
+def test_a_revoked_key_leaves_the_run_and_its_jobs_go_to_the_others(cli: Cli, sim: RunningSimulator,
+                                                                    tmp_path: Path) -> None:
+    keys = make_keys(3)
+    sim.config.revoked.add("key2")
+    write_jobs(tmp_path / "jobs.jsonl", 60)
+    cli("submit", str(tmp_path / "jobs.jsonl"))
+
+    result = cli("run", "--no-progress", "--concurrency", "4", env=run_env(sim, keys))
+
+    assert result.returncode == 0, result.stderr
+    assert "key2" in result.stderr and "revoked" in result.stderr and "Settings → API Keys" in result.stderr
+    stats = sim.state.snapshot()
+    assert stats["keys"]["key2"]["requests"] == 0 or stats["keys"]["key2"]["by_status"] == {
+        "401": stats["keys"]["key2"]["requests"]}
+    results, errors = export(cli, tmp_path)
+    assert len(results) == 60 and errors == []
+    assert {r["batchrun"]["key"] for r in results} <= {"key1", "key3"}
+    status = json.loads(cli("status", "--json").stdout)
+    assert {"id": "key2", "state": "revoked"}.items() <= next(
+        k for k in status["keys"] if k["id"] == "key2").items()
+
+
+def test_every_key_revoked_exits_4_and_leaves_jobs_queued(cli: Cli, sim: RunningSimulator, tmp_path: Path) -> None:
+    sim.config.revoked.update({"key1", "key2"})
+    write_jobs(tmp_path / "jobs.jsonl", 10)
+    cli("submit", str(tmp_path / "jobs.jsonl"))
+
+    result = cli("run", "--no-progress", env=run_env(sim, make_keys(2)))
+
+    assert result.returncode == 4, result.stdout + result.stderr
+    assert "no usable API key" in result.stderr + result.stdout
+    status = json.loads(cli("status", "--json").stdout)["batches"][0]
+    assert status["queued"] == 10 and status["failed"] == 0
+
+
+def test_wrong_base_url_exits_5_and_fails_nothing(cli: Cli, sim: RunningSimulator, tmp_path: Path) -> None:
+    write_jobs(tmp_path / "jobs.jsonl", 3)
+    cli("submit", str(tmp_path / "jobs.jsonl"))
+    no_prefix = sim.base_url.removesuffix("/v1")
+
+    wrong = cli("run", "--no-progress", env={"BATCHRUN_BASE_URL": no_prefix, "BATCHRUN_API_KEYS": "a:b"})
+    unreachable = cli("run", "--no-progress", "--base-url", "http://127.0.0.1:9/v1",
+                      env={"BATCHRUN_API_KEYS": "a:b"})
+
+    assert wrong.returncode == 5, wrong.stderr
+    assert no_prefix in wrong.stderr and "/v1" in wrong.stderr
+    assert unreachable.returncode == 5 and "127.0.0.1:9" in unreachable.stderr
+    status = json.loads(cli("status", "--json").stdout)["batches"][0]
+    assert status["queued"] == 3 and status["failed"] == 0
+
+
+def test_missing_keys_or_provider_is_a_usage_error(cli: Cli, sim: RunningSimulator) -> None:
+    no_keys = cli("run", "--base-url", sim.base_url)
+    no_url = cli("run", env={"BATCHRUN_API_KEYS": "a:b"})
+    assert no_keys.returncode == 2 and "BATCHRUN_API_KEYS" in no_keys.stderr
+    assert no_url.returncode == 2 and "BATCHRUN_BASE_URL" in no_url.stderr
+
+
+def test_a_200_without_request_id_is_accepted(cli: Cli, sim: RunningSimulator, tmp_path: Path) -> None:
+    sim.config.omit_request_id = True
+    write_jobs(tmp_path / "jobs.jsonl", 3)
+    cli("submit", str(tmp_path / "jobs.jsonl"))
+    assert cli("run", "--no-progress", env=run_env(sim, make_keys(1))).returncode == 0
+    results, _ = export(cli, tmp_path)
+    assert [r["response"]["request_id"] for r in results] == [None, None, None]

@@ -1,0 +1,131 @@
+"""`batchrun submit` as a user runs it: bad lines named by file and line, good lines loaded,
+resubmission idempotent, conflicts reported, --strict all or nothing."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from conftest import Cli, write_jobs
+
+GOOD = {"model": "fast", "messages": [{"role": "user", "content": "hi"}]}
+
+
+def line(obj: object) -> str:
+    return json.dumps(obj)
+
+
+BAD_LINES = [
+    ("{not json", None, "JSON"),
+    ('["a", "list"]', None, "object"),
+    (line({"custom_id": "m1", "method": "GET", "url": "/v1/chat/completions", "body": GOOD}), "method", ""),
+    (line({"custom_id": "u1", "method": "POST", "url": "/v1/embeddings", "body": GOOD}), "url", ""),
+    (line({"custom_id": "nm", "messages": [{"role": "user", "content": "x"}]}), "model", ""),
+    (line({"custom_id": "nmsg", "model": "fast"}), "messages", ""),
+    (line({"custom_id": "emsg", "model": "fast", "messages": []}), "messages", "empty"),
+    (line({"custom_id": "lmsg", "model": "fast", "messages": "hello"}), "messages", ""),
+    (line({"custom_id": "norole", "model": "fast", "messages": [{"content": "x"}]}), "messages[0].role", ""),
+    (line({"custom_id": "nocontent", "model": "fast", "messages": [{"role": "user"}]}), "messages[0].content", ""),
+    (line({"custom_id": "badrole", "model": "fast", "messages": [{"role": "bot", "content": "x"}]}),
+     "messages[0].role", "bot"),
+    (line({"custom_id": "empty", "model": "fast", "messages": [{"role": "user", "content": "  "}]}),
+     "messages[0].content", "empty"),
+    (line({"custom_id": "asst", "model": "fast",
+           "messages": [{"role": "assistant", "content": "I start"}, {"role": "user", "content": "x"}]}),
+     "messages[0].role", "assistant"),
+]
+
+
+def test_each_bad_line_is_reported_with_its_line_number_and_good_lines_load(cli: Cli, tmp_path: Path) -> None:
+    lines = [line({"custom_id": "good-first", **GOOD})]
+    for bad, _, _ in BAD_LINES:
+        lines.append(bad)
+        lines.append("")  # blank lines are ignored, but still count for line numbers
+    lines.append(line({"custom_id": "good-last", **GOOD}))
+    job_file = tmp_path / "mixed.jsonl"
+    job_file.write_text("\n".join(lines) + "\n")
+
+    result = cli("submit", str(job_file))
+
+    assert result.returncode == 1, result.stderr
+    reported = result.stderr.strip().splitlines()
+    assert len(reported) == len(BAD_LINES), result.stderr
+    for index, (_, field, words) in enumerate(BAD_LINES):
+        expected_line = 2 + 2 * index
+        message = reported[index]
+        assert message.startswith(f"{job_file}:{expected_line}: "), message
+        if field:
+            assert field in message, message
+        if words:
+            assert words.lower() in message.lower(), message
+    assert "loaded 2" in result.stdout and f"rejected {len(BAD_LINES)}" in result.stdout
+    status = json.loads(cli("status", "--json").stdout)
+    assert status["batches"][0]["name"] == "mixed"
+    assert status["batches"][0]["queued"] == 2
+
+
+def test_resubmitting_the_same_file_is_idempotent(cli: Cli, tmp_path: Path) -> None:
+    job_file = tmp_path / "nightly.jsonl"
+    write_jobs(job_file, 30)
+    # Lines without custom_id get a stable one derived from the body.
+    with job_file.open("a") as out:
+        out.write(line({"model": "fast", "messages": [{"role": "user", "content": "no id here"}]}) + "\n")
+
+    first = cli("submit", str(job_file))
+    second = cli("submit", str(job_file))
+
+    assert first.returncode == 0, first.stderr
+    assert "loaded 31, duplicates skipped 0" in first.stdout
+    assert second.returncode == 0, second.stderr
+    assert "loaded 0, duplicates skipped 31" in second.stdout
+    status = json.loads(cli("status", "--json").stdout)
+    assert status["batches"] == [status["batches"][0]] and status["batches"][0]["total"] == 31
+
+
+def test_same_custom_id_with_another_body_is_a_conflict_and_not_loaded(cli: Cli, tmp_path: Path) -> None:
+    job_file = tmp_path / "b.jsonl"
+    job_file.write_text(line({"custom_id": "a", **GOOD}) + "\n")
+    assert cli("submit", str(job_file)).returncode == 0
+    changed = dict(GOOD, messages=[{"role": "user", "content": "something else"}])
+    job_file.write_text(line({"custom_id": "a", **changed}) + "\n" + line({"custom_id": "b", **GOOD}) + "\n")
+
+    result = cli("submit", str(job_file))
+
+    assert result.returncode == 1
+    assert f"{job_file}:1: custom_id: 'a'" in result.stderr and "conflict" in result.stderr
+    assert "loaded 1" in result.stdout and "conflicts 1" in result.stdout
+
+
+def test_strict_rejects_the_whole_file(cli: Cli, tmp_path: Path) -> None:
+    job_file = tmp_path / "strict.jsonl"
+    job_file.write_text(line({"custom_id": "a", **GOOD}) + "\n{oops\n" + line({"custom_id": "c", **GOOD}) + "\n")
+
+    result = cli("submit", "--strict", str(job_file))
+
+    assert result.returncode == 1
+    assert f"{job_file}:2: " in result.stderr
+    assert "nothing loaded" in result.stdout
+    status = json.loads(cli("status", "--json").stdout)
+    assert sum(batch["total"] for batch in status["batches"]) == 0
+
+
+def test_stdin_and_batch_name(cli: Cli) -> None:
+    data = (line({"custom_id": "s1", **GOOD}) + "\n").encode()
+    result = cli("submit", "-", "--batch", "piped", input=data)
+    assert result.returncode == 0, result.stderr
+    status = json.loads(cli("status", "--json").stdout)
+    assert [(b["name"], b["total"]) for b in status["batches"]] == [("piped", 1)]
+
+
+def test_unreadable_file_is_a_usage_error(cli: Cli, tmp_path: Path) -> None:
+    result = cli("submit", str(tmp_path / "missing.jsonl"))
+    assert result.returncode == 2
+    assert "missing.jsonl" in result.stderr
+
+
+def test_bad_database_url_says_what_is_wrong(cli: Cli, tmp_path: Path) -> None:
+    job_file = tmp_path / "x.jsonl"
+    write_jobs(job_file, 1)
+    result = cli("submit", str(job_file), env={"BATCHRUN_DB": "sqlite:////no/such/folder/q.db"})
+    assert result.returncode != 0
+    assert "/no/such/folder" in result.stderr and "does not exist" in result.stderr
