@@ -77,7 +77,7 @@ class Settings:
 def read_config_file(path: str | None) -> tuple[dict[str, Any], str | None]:
     """The config file's table, and its path; `batchrun.toml` in the working directory if present."""
     explicit = path is not None
-    candidate = Path(path if explicit else DEFAULT_CONFIG)
+    candidate = Path(path if path is not None else DEFAULT_CONFIG)
     if not candidate.exists():
         if explicit:
             raise ConfigError(f"config file {candidate} does not exist")

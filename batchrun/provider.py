@@ -149,14 +149,17 @@ def parse_completion(text: str) -> Completion:
     except orjson.JSONDecodeError as exc:
         raise TransientError(f"200 with a body that is not JSON ({exc}); treated as a failed attempt",
                              status=200, body=_clip(text)) from None
-    choices = payload.get("choices") if isinstance(payload, dict) else None
+    if not isinstance(payload, dict):
+        raise TransientError("200 with a body that is not a chat completion object; treated as a failed attempt",
+                             status=200, body=_clip(text))
+    choices = payload.get("choices")
     first = choices[0] if isinstance(choices, list) and choices and isinstance(choices[0], dict) else None
     message = first.get("message") if first else None
     if not isinstance(message, dict) or ("content" not in message and "tool_calls" not in message):
         raise TransientError("200 with an incomplete chat completion (no choices[0].message); "
                              "treated as a failed attempt", status=200, body=_clip(text))
-    assert isinstance(payload, dict)
-    usage = payload.get("usage") if isinstance(payload.get("usage"), dict) else {}
+    raw_usage = payload.get("usage")
+    usage: dict[str, Any] = raw_usage if isinstance(raw_usage, dict) else {}
     request_id = payload.get("request_id")
     return Completion(
         status=200,

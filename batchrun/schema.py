@@ -6,6 +6,8 @@ cheap to compare in the claim query, and free of time-zone surprises for leases.
 
 from __future__ import annotations
 
+from typing import cast
+
 from sqlalchemy import (
     BigInteger,
     Float,
@@ -14,6 +16,7 @@ from sqlalchemy import (
     Integer,
     MetaData,
     String,
+    Table,
     Text,
     UniqueConstraint,
 )
@@ -114,8 +117,8 @@ class RunnerRow(Base):
     outcome: Mapped[str | None] = mapped_column(Text, nullable=True)
 
 
-jobs = JobRow.__table__
-batches = BatchRow.__table__
-api_keys = KeyRow.__table__
-runners = RunnerRow.__table__
+jobs = cast(Table, JobRow.__table__)
+batches = cast(Table, BatchRow.__table__)
+api_keys = cast(Table, KeyRow.__table__)
+runners = cast(Table, RunnerRow.__table__)
 metadata = Base.metadata

@@ -319,7 +319,7 @@ class Store:
             existing.update(conn.execute(
                 select(jobs.c.custom_id, jobs.c.body_hash)
                 .where(jobs.c.batch_id == batch_id, jobs.c.custom_id.in_(chunk))
-            ).tuples().all())
+            ).all())
         rows = []
         for custom_id, job in by_id.items():
             known = existing.get(custom_id)
@@ -335,7 +335,7 @@ class Store:
             else:
                 conflicts.append(job)
         if rows:
-            rows.sort(key=lambda row: row["line"])
+            rows.sort(key=lambda row: int(row["line"]))  # type: ignore[call-overload]
             conn.execute(insert(jobs), rows)
         return AddResult(loaded=len(rows), duplicates=duplicates, conflicts=tuple(conflicts))
 
@@ -363,7 +363,7 @@ class Store:
                        jobs.c.prompt_chars, jobs.c.max_tokens, jobs.c.attempts)
         )
         with self._write() as conn:
-            claimed = [ClaimedJob(*row) for row in conn.execute(stmt).tuples()]
+            claimed = [ClaimedJob(*row) for row in conn.execute(stmt)]
         claimed.sort(key=lambda job: (job.batch_id, job.id))
         return claimed
 
@@ -490,7 +490,7 @@ class Store:
         host = socket.gethostname()
         with self._write() as conn:
             rows = conn.execute(select(runners.c.owner, runners.c.pid)
-                                .where(runners.c.host == host, runners.c.ended_at.is_(None))).tuples().all()
+                                .where(runners.c.host == host, runners.c.ended_at.is_(None))).all()
             dead = [owner for owner, pid in rows if not is_alive(pid)]
             for owner in dead:
                 conn.execute(update(jobs).where(jobs.c.lease_owner == owner, jobs.c.state == RUNNING)
@@ -512,7 +512,7 @@ class Store:
     def key_records(self) -> dict[str, KeyRecord]:
         with self._read() as conn:
             rows = conn.execute(select(api_keys.c.id, api_keys.c.state, api_keys.c.reason, api_keys.c.since))
-            return {row[0]: KeyRecord(*row) for row in rows.tuples()}
+            return {row[0]: KeyRecord(*row) for row in rows}
 
     def set_key_state(self, key_id: str, state: str, reason: str | None, now: float | None = None) -> None:
         now = time.time() if now is None else now
@@ -526,7 +526,7 @@ class Store:
 
     def batch_names(self) -> dict[int, str]:
         with self._read() as conn:
-            return dict(conn.execute(select(batches.c.id, batches.c.name).order_by(batches.c.id)).tuples().all())
+            return dict(conn.execute(select(batches.c.id, batches.c.name).order_by(batches.c.id)).all())
 
     def counts(self, batch_id: int | None = None) -> list[BatchCounts]:
         names = self.batch_names()
@@ -542,14 +542,14 @@ class Store:
             per_code = per_code.where(jobs.c.batch_id == batch_id)
         tally: dict[int, dict[str, Any]] = {}
         with self._read() as conn:
-            for bid, state, count, attempts, prompt, completion, total in conn.execute(per_state).tuples():
+            for bid, state, count, attempts, prompt, completion, total in conn.execute(per_state):
                 entry = tally.setdefault(bid, _empty_tally())
                 entry[state] = int(count)
                 entry["attempts"] += int(attempts)
                 entry["prompt_tokens"] += int(prompt)
                 entry["completion_tokens"] += int(completion)
                 entry["total_tokens"] += int(total)
-            for bid, code, count in conn.execute(per_code).tuples():
+            for bid, code, count in conn.execute(per_code):
                 tally.setdefault(bid, _empty_tally())["failed_by_code"][code or "unknown"] = int(count)
         wanted = [batch_id] if batch_id is not None else list(names)
         result = []
@@ -579,11 +579,11 @@ class Store:
                                     and_(jobs.c.batch_id == last[0], jobs.c.id > last[1]))
             query = query.order_by(jobs.c.batch_id, jobs.c.id).limit(chunk)
             with self._read() as conn:
-                rows = conn.execute(query).tuples().all()
+                rows = conn.execute(query).all()
             if not rows:
                 return
             for row in rows:
-                yield ExportRow(*row[1:])
+                yield ExportRow(*row[1:])  # type: ignore[call-arg]
             last = (rows[-1][0], rows[-1][1])
 
 

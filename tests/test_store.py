@@ -1,0 +1,130 @@
+"""The queue store on real databases: SQLite files and PostgreSQL."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+from alembic import command
+
+from batchrun.jobfile import JobSpec, parse_line
+from batchrun.store import Failed, Retry, Store, Succeeded, _alembic_config
+
+
+def specs(count: int, start: int = 0) -> list[JobSpec]:
+    jobs = []
+    for i in range(start, start + count):
+        job = parse_line(f'{{"custom_id": "c{i:04d}", "model": "m", "messages": [{{"role": "user", "content": "q{i}"}}]}}', i + 1)
+        assert isinstance(job, JobSpec)
+        jobs.append(job)
+    return jobs
+
+
+def success(job_id: int) -> Succeeded:
+    return Succeeded(job_id, 1, "k1", 200, "req", '{"ok": true}', "m", "stop", 1, 2, 3)
+
+
+@pytest.fixture
+def store(any_db_url: str):  # type: ignore[no-untyped-def]
+    with Store.open(any_db_url) as opened:
+        yield opened
+
+
+def test_claims_come_in_input_order_and_are_leased_once(store: Store) -> None:
+    batch = store.ensure_batch("b")
+    store.add_jobs(batch, specs(10))
+
+    first = store.claim("runner-a", 4, lease_seconds=30)
+    second = store.claim("runner-b", 100, lease_seconds=30)
+
+    assert [job.custom_id for job in first] == ["c0000", "c0001", "c0002", "c0003"]
+    assert [job.custom_id for job in second] == [f"c{i:04d}" for i in range(4, 10)]
+    assert store.claim("runner-c", 10, lease_seconds=30) == []
+    assert store.pending().running == 10
+
+
+def test_concurrent_claimers_never_get_the_same_job(any_db_url: str) -> None:
+    with Store.open(any_db_url) as setup:
+        setup.add_jobs(setup.ensure_batch("b"), specs(400))
+    got: dict[str, list[int]] = {}
+
+    def claimer(owner: str) -> None:
+        with Store.open(any_db_url) as mine:
+            ids = got.setdefault(owner, [])
+            while batch := mine.claim(owner, 7, lease_seconds=30):
+                ids.extend(job.id for job in batch)
+
+    threads = [threading.Thread(target=claimer, args=(f"r{i}",)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+
+    every = [job_id for ids in got.values() for job_id in ids]
+    assert len(every) == 400 and len(set(every)) == 400
+    assert sum(1 for ids in got.values() if ids) >= 2  # they really competed
+
+
+def test_a_finished_result_is_never_overwritten(store: Store) -> None:
+    store.add_jobs(store.ensure_batch("b"), specs(2))
+    job, other = store.claim("a", 2, lease_seconds=30)
+    assert store.record("a", [success(job.id)]) == 1
+
+    # A stale runner (its lease lost) reports a failure for the same job, and for one it never held.
+    landed = store.record("a", [Failed(job.id, 2, "k1", 500, None, "transient", "late")])
+    stolen = store.record("b", [Failed(other.id, 1, "k1", 500, None, "transient", "not mine")])
+
+    assert (landed, stolen) == (0, 0)
+    rows = {row.custom_id: row for row in store.export_rows(["succeeded", "failed", "running"])}
+    assert rows[job.custom_id].state == "succeeded" and rows[job.custom_id].response == '{"ok": true}'
+    assert rows[other.custom_id].state == "running"
+
+
+def test_expired_leases_return_to_the_queue_and_retries_wait_their_turn(store: Store) -> None:
+    store.add_jobs(store.ensure_batch("b"), specs(3))
+    now = time.time()
+    dead = store.claim("dead-runner", 2, lease_seconds=5, now=now)
+    assert store.requeue_expired(now=now + 1) == 0
+    assert store.requeue_expired(now=now + 6) == 2
+
+    again = store.claim("live", 3, lease_seconds=30, now=now + 6)
+    assert {job.id for job in dead} <= {job.id for job in again}
+    store.record("live", [Retry(again[0].id, 1, now + 100, "k1", 503, None, "transient", "busy")], now=now + 6)
+    pending = store.pending(now=now + 7)
+    assert (pending.queued_now, pending.queued_later, pending.next_not_before) == (0, 1, now + 100)
+    assert store.claim("live", 3, lease_seconds=30, now=now + 7) == []
+    assert [job.id for job in store.claim("live", 3, lease_seconds=30, now=now + 101)] == [again[0].id]
+
+
+def test_jobs_of_a_dead_process_are_released_at_once(store: Store) -> None:
+    store.add_jobs(store.ensure_batch("b"), specs(3))
+    store.register_runner("host:999999:dead")
+    store.claim("host:999999:dead", 3, lease_seconds=600)
+
+    released = store.release_dead_runners(lambda pid: False)
+
+    assert released == ["host:999999:dead"]
+    assert store.pending().queued_now == 3
+    last = store.last_runner()
+    assert last is not None and last.outcome and "died" in last.outcome
+
+
+def test_counts_and_tokens_per_batch(store: Store) -> None:
+    one, two = store.ensure_batch("one"), store.ensure_batch("two")
+    store.add_jobs(one, specs(3))
+    store.add_jobs(two, specs(2, start=100))
+    jobs = store.claim("r", 10, lease_seconds=30, batch_id=one)
+    store.record("r", [success(jobs[0].id), Failed(jobs[1].id, 1, "k1", 422, "{}", "validation_error", "bad")])
+
+    counts = {c.name: c for c in store.counts()}
+
+    assert (counts["one"].succeeded, counts["one"].failed, counts["one"].running, counts["one"].total) == (1, 1, 1, 3)
+    assert counts["one"].total_tokens == 3 and counts["one"].failed_by_code == {"validation_error": 1}
+    assert (counts["two"].queued, counts["two"].total) == (2, 2)
+
+
+def test_migrations_produce_exactly_the_models(any_db_url: str) -> None:
+    with Store.open(any_db_url) as store:
+        config = _alembic_config(store._engine)
+    command.check(config)  # raises if autogenerate would find any difference
