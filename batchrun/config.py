@@ -42,6 +42,8 @@ _FILE_KEYS = {
     "max_attempts", "request_timeout", "lease", "backoff_base", "backoff_max", "limits",
 }
 
+_LIMIT_KEYS = {"rate_limit", "rpm", "token_limit", "tpm"}
+
 
 @dataclass(frozen=True)
 class Settings:
@@ -123,6 +125,10 @@ def build_settings(flags: dict[str, Any], config_path: str | None, environ: dict
     for key_name, table in limits_table.items():
         if not isinstance(table, dict):
             raise ConfigError(f"{where}: [limits.{key_name}] must be a table")
+        unknown = sorted(set(table) - _LIMIT_KEYS)
+        if unknown:
+            raise ConfigError(f"{where}: [limits.{key_name}]: unknown setting(s): {', '.join(unknown)} "
+                              f"(known: {', '.join(sorted(_LIMIT_KEYS))})")
         per_key[key_name] = KeyLimits(
             rate=_rate({}, table, "rate_limit", "rpm", f"{where} [limits.{key_name}]") or rate,
             tokens=_rate({}, table, "token_limit", "tpm", f"{where} [limits.{key_name}]") or tokens,
@@ -151,7 +157,8 @@ def _load_keys(keys_file: str | None, environ: dict[str, str], data: dict[str, A
     if environ.get(KEYS_ENV, "").strip():
         return parse_keys(environ[KEYS_ENV], KEYS_ENV)
     if data.get("keys_file"):
-        return read_keys_file(str(data["keys_file"]))
+        # relative to the config file, not to wherever cron happens to start us
+        return read_keys_file(str(Path(where).parent / str(data["keys_file"])))
     if data.get("api_keys"):
         raw = data["api_keys"]
         text = "\n".join(raw) if isinstance(raw, list) else str(raw)

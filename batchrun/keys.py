@@ -175,6 +175,8 @@ class KeyLane:
             self._tokens.settle(reservation, actual)
 
     def cool_down(self, seconds: float) -> None:
+        if not self.usable:
+            return  # a late 429 must not bring a retired key back
         self.cooling_until = max(self.cooling_until, time.monotonic() + seconds)
         self.state = "cooling"
 

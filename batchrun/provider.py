@@ -11,6 +11,7 @@ import asyncio
 import email.utils
 import logging
 import math
+import re
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -185,7 +186,7 @@ def classify(status: int, headers: Any, text: str) -> ProviderError:
         return KeyRejected(f"the provider rejected the key (401 {state}): {message}",
                            key_state=state, status=status, body=body)
     if status == 402:
-        if "org" in lowered:
+        if _is_org_budget(code, message):
             return OrgBudgetExhausted(f"the organisation's monthly budget is spent (402): {message}. "
                                       "Talk to your org admin.", status=status, body=body)
         return KeyBudgetExhausted(f"the key's budget is spent (402): {message}", status=status, body=body)
@@ -239,9 +240,12 @@ def retry_after(headers: Any) -> float | None:
         try:
             return max(0.0, float(value))
         except ValueError:
-            parsed = email.utils.parsedate_to_datetime(value) if value else None
-            if parsed is not None:
-                return max(0.0, parsed.timestamp() - time.time())
+            pass
+        try:
+            parsed = email.utils.parsedate_to_datetime(value)
+            return max(0.0, parsed.timestamp() - time.time())
+        except (TypeError, ValueError, IndexError, OverflowError):
+            pass  # a garbled header is no hint at all: the backoff decides
     for name in ("x-ratelimit-reset-requests", "x-ratelimit-reset-tokens"):
         reset = headers.get(name)
         if reset:
@@ -251,16 +255,35 @@ def retry_after(headers: Any) -> float | None:
     return None
 
 
+_RESET_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
+_RESET_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
 def _reset_seconds(value: str) -> float | None:
+    """`x-ratelimit-reset-*` values: "1.5s", "250ms", OpenAI's "6m0s" / "1h2m3s", or bare seconds."""
     text = value.strip().lower()
     try:
-        if text.endswith("ms"):
-            return float(text[:-2]) / 1000
-        if text.endswith("s"):
-            return float(text[:-1])
-        return float(text)
+        return max(0.0, float(text))
     except ValueError:
+        pass
+    parts = _RESET_PART.findall(text)
+    if not parts or "".join(number + unit for number, unit in parts) != text:
         return None
+    return sum(float(number) * _RESET_UNITS[unit] for number, unit in parts)
+
+
+_ORG_WORDS = re.compile(r"\b(org|organi[sz]ation|organi[sz]ation's)\b")
+
+
+def _is_org_budget(code: str, message: str) -> bool:
+    """A 402 for the whole organisation, not one key: by the error code, else by the words."""
+    code = code.lower()
+    if code:
+        if "org" in code.replace("_", " ").split() or code.startswith("org"):
+            return True
+        if "key" in code:
+            return False
+    return bool(_ORG_WORDS.search(message.lower()))
 
 
 def _detail_item(item: Any) -> str:

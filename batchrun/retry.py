@@ -35,7 +35,7 @@ class Backoff:
 
     def delay(self, attempt: int, rng: random.Random | None = None) -> float:
         """Seconds to wait after failed attempt number `attempt` (1-based)."""
-        raw = min(self.cap, self.base * 2 ** max(0, attempt - 1))
+        raw = min(self.cap, self.base * 2 ** min(max(0, attempt - 1), 60))
         spread = (rng or random).uniform(-self.jitter, self.jitter) * raw
         return max(0.0, min(self.cap, raw + spread))
 

@@ -59,7 +59,6 @@ class RunOptions:
     batch: str | None = None
     concurrency: int = 32
     lease: float = 60.0
-    flush_interval: float = 0.05
     flush_size: int = 500
     policy: RetryPolicy = RetryPolicy()
 
@@ -193,15 +192,20 @@ class Runner:
         feeder = asyncio.create_task(self._feed_loop(), name="feeder")
         heartbeat = asyncio.create_task(self._heartbeat_loop(), name="heartbeat")
         lanes = [asyncio.create_task(self._lane_loop(lane), name=f"lane-{lane.key.id}") for lane in self.lanes]
+        stopped = asyncio.create_task(self._stop.wait(), name="stop")
         try:
-            await self._stop.wait()
+            done, _ = await asyncio.wait({stopped, writer, feeder, heartbeat}, return_when=asyncio.FIRST_COMPLETED)
+            for task in done - {stopped}:
+                self._fail_on_crash(task)
         finally:
+            stopped.cancel()
             for task in [feeder, *lanes]:
                 task.cancel()
             await asyncio.gather(feeder, *lanes, return_exceptions=True)
             if self._in_flight:
                 await asyncio.gather(*self._in_flight, return_exceptions=True)
-            await self._flush()
+            if not writer.done():
+                await self._flush(writer)
             writer.cancel()
             heartbeat.cancel()
             await asyncio.gather(writer, heartbeat, return_exceptions=True)
@@ -287,10 +291,13 @@ class Runner:
         attempt = job.attempts + 1
         lane.requests += 1
         self.stats.requests += 1
+        outcome: Outcome | None = None
         try:
             completion = await self._client.complete(lane.key, job.body.encode())
         except ProviderError as error:
             outcome = await self._on_error(lane, job, attempt, error)
+        except Exception:  # a bug must not lose the job: it stays leased and is released at the end
+            log.exception("unexpected error sending job %s", job.custom_id)
         else:
             lane.succeeded += 1
             lane.consecutive_429 = 0
@@ -303,6 +310,7 @@ class Runner:
             self.stats.completion_tokens += completion.completion_tokens or 0
             log.debug("job %s succeeded on key %s (attempt %d)", job.custom_id, lane.key.id, attempt)
         finally:
+            # released before the outcome is queued: the slot is for requests in flight, not for writes
             self._slots.release()
         if outcome is not None:
             self._unwritten += 1
@@ -363,9 +371,9 @@ class Runner:
 
     async def _write_loop(self) -> None:
         while True:
+            # Group commit: take whatever has arrived; while one commit runs, the next batch gathers.
+            # No waiting for a batch to fill, so a crash loses little more than the requests in flight.
             batch = [await self._outcomes.get()]
-            if self._outcomes.qsize() < self._options.flush_size and not self._stop.is_set():
-                await asyncio.sleep(self._options.flush_interval)
             while not self._outcomes.empty() and len(batch) < self._options.flush_size:
                 batch.append(self._outcomes.get_nowait())
             await self._call(self._store.record, self.owner, batch)
@@ -373,11 +381,28 @@ class Runner:
             self._written.set()
             self._need_jobs.set()
 
-    async def _flush(self) -> None:
-        """Wait until every outcome so far is committed."""
-        while self._unwritten:
+    async def _flush(self, writer: asyncio.Task[None]) -> None:
+        """Wait until every outcome so far is committed (or the writer has died trying)."""
+        while self._unwritten and not writer.done():
             self._written.clear()
             await self._wait(self._written, 0.5)
+        if writer.done():
+            self._fail_on_crash(writer)
+
+    def _fail_on_crash(self, task: asyncio.Task[Any]) -> None:
+        """A loop that should run until cancelled has ended: stop the run with its error."""
+        if task.cancelled():
+            return
+        error = task.exception()
+        if error is None:
+            if task.get_name() == "feeder":
+                return  # the feeder ends when the queue is empty
+            error = RuntimeError(f"{task.get_name()} stopped")
+        log.error("%s failed: %s", task.get_name(), error)
+        wrapped = error if isinstance(error, BatchrunError) else BatchrunError(
+            f"internal error in {task.get_name()}: {type(error).__name__}: {error}")
+        self._stop_error = self._stop_error or wrapped
+        self.request_stop(str(wrapped), wrapped)
 
     async def _heartbeat_loop(self) -> None:
         interval = self._options.lease / 3

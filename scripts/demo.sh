@@ -30,4 +30,13 @@ echo "== batchrun status"
 "$BATCHRUN" status
 echo "== batchrun export --output $DEMO/results.jsonl --errors $DEMO/errors.jsonl"
 "$BATCHRUN" export --output "$DEMO/results.jsonl" --errors "$DEMO/errors.jsonl"
-echo "results: $(wc -l < "$DEMO/results.jsonl") lines in $DEMO/results.jsonl"
+"$BIN/python" - "$DEMO/results.jsonl" <<'PY'
+import json, subprocess, sys
+status = json.loads(subprocess.run([sys.executable, "-m", "batchrun", "status", "--json"],
+                                   capture_output=True, text=True, check=True).stdout)
+batch = next(b for b in status["batches"] if b["name"] == "example")
+with open(sys.argv[1]) as results:
+    ids = [json.loads(line)["custom_id"] for line in results]
+print(f"demo: {batch['succeeded']} of {batch['total']} succeeded; {sys.argv[1]} has {len(ids)} lines, "
+      f"{len(set(ids))} distinct custom_ids")
+PY

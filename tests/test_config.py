@@ -274,9 +274,6 @@ def test_limits_table_with_both_rate_and_rpm_is_an_error_naming_the_key(workdir:
         settings()
 
 
-@pytest.mark.xfail(strict=True,
-                   reason="settings inside a [limits.<key id>] table are never checked: a typo such as "
-                          "'rate_limt' is silently ignored and the key runs at the default rate")
 def test_an_unknown_setting_in_a_limits_table_is_an_error(workdir: Path) -> None:
     write_toml(workdir, '[limits.k1]\nrate_limt = "20/1s"\n')
     with pytest.raises(ConfigError, match="rate_limt"):
@@ -346,3 +343,14 @@ def test_resolve_db_reports_a_broken_config_file(workdir: Path) -> None:
     write_toml(workdir, "db = \n")
     with pytest.raises(ConfigError, match="not valid TOML"):
         resolve_db(None, None)
+
+
+def test_a_keys_file_named_in_a_config_file_is_found_next_to_it(workdir: Path) -> None:
+    elsewhere = workdir / "etc"
+    elsewhere.mkdir()
+    (elsewhere / "keys.txt").write_text("nightly:" + "s" * 24 + "\n")
+    config = write_toml(elsewhere, 'keys_file = "keys.txt"')
+
+    loaded = build_settings({}, str(config), environ={})
+
+    assert [key.id for key in loaded.keys] == ["nightly"]
