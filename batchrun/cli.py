@@ -295,6 +295,43 @@ def _export_to(path: str, write: Callable[[Any], int]) -> int:
         raise ConfigError(f"cannot write {path}: {exc.strerror or exc}") from None
 
 
+@cli.group(invoke_without_command=True)
+@db_options
+@click.pass_context
+def keys(ctx: click.Context, db: str | None, config_path: str | None) -> None:
+    """Show the keys batchrun has taken out of rotation, and bring them back.
+
+    \b
+      batchrun keys
+      batchrun keys reset k2
+    """
+    ctx.obj = (db, config_path)
+    if ctx.invoked_subcommand is not None:
+        return
+    store = _open_store(db, config_path)
+    records = store.key_records()
+    if not records:
+        click.echo("no key has been taken out of rotation")
+    for record in records.values():
+        click.echo(f"{record.id}: {record.state}" + (f" ({record.reason})" if record.reason else ""))
+
+
+@keys.command("reset")
+@click.argument("key_id")
+@click.pass_context
+def keys_reset(ctx: click.Context, key_id: str) -> None:
+    """Put a key back into rotation after you fixed it (e.g. renewed or raised its budget).
+
+    \b
+      batchrun keys reset k2
+    """
+    db, config_path = ctx.obj
+    store = _open_store(db, config_path)
+    if not store.reset_key(key_id):
+        raise BatchrunError(f"no key {key_id!r} is recorded in {store.url} (see `batchrun keys`)")
+    click.echo(f"key {key_id} is back in rotation")
+
+
 @cli.group()
 def db() -> None:
     """Manage the queue database."""

@@ -35,9 +35,9 @@ import hashlib
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, fields, make_dataclass
+from dataclasses import dataclass
 from pathlib import PurePath
-from typing import IO, Any, Final, NoReturn
+from typing import IO, Any, Final, NamedTuple, NoReturn
 
 import orjson
 
@@ -71,9 +71,12 @@ _sha256 = hashlib.sha256
 _SORT_KEYS: Final = orjson.OPT_SORT_KEYS
 
 
-@dataclass(frozen=True, slots=True)
-class JobSpec:
-    """One valid request line, ready to be stored and sent."""
+class JobSpec(NamedTuple):
+    """One valid request line, ready to be stored and sent.
+
+    A NamedTuple rather than a frozen dataclass: just as immutable, and several times cheaper to build,
+    which matters on the hot path of a million-line file.
+    """
 
     line: int  # 1-based line number in the file
     custom_id: str
@@ -84,19 +87,7 @@ class JobSpec:
     max_tokens: int | None  # max_tokens, else max_completion_tokens, else None
 
 
-# A frozen dataclass sets each field through object.__setattr__, which costs more than a microsecond per
-# JobSpec, about a quarter of the whole parse. In the hot path a JobSpec is therefore built as an unfrozen twin with
-# the same slots (made from JobSpec's own fields, so the two cannot drift apart) and then given its real
-# class: the result is an ordinary, frozen JobSpec.
-_JobSpecTwin = make_dataclass("_JobSpecTwin", [(f.name, f.type) for f in fields(JobSpec)], slots=True)
-
-
-def _new_job(
-    line: int, custom_id: str, model: str, body_json: str, body_hash: str, prompt_chars: int, max_tokens: int | None
-) -> JobSpec:
-    job = _JobSpecTwin(line, custom_id, model, body_json, body_hash, prompt_chars, max_tokens)
-    job.__class__ = JobSpec
-    return job  # type: ignore[no-any-return]
+_new_job = JobSpec
 
 
 @dataclass(frozen=True, slots=True)

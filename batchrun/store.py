@@ -522,6 +522,11 @@ class Store:
             if not changed:
                 conn.execute(insert(api_keys).values(id=key_id, state=state, reason=reason, since=now))
 
+    def reset_key(self, key_id: str) -> bool:
+        """Forget what is known against a key (revoked, expired, ...): it is used again. False if unknown."""
+        with self._write() as conn:
+            return bool(conn.execute(api_keys.delete().where(api_keys.c.id == key_id)).rowcount)
+
     # --- reading ---
 
     def batch_names(self) -> dict[int, str]:

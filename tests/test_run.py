@@ -185,3 +185,33 @@ def test_a_200_without_request_id_is_accepted(cli: Cli, sim: RunningSimulator, t
     assert cli("run", "--no-progress", env=run_env(sim, make_keys(1))).returncode == 0
     results, _ = export(cli, tmp_path)
     assert [r["response"]["request_id"] for r in results] == [None, None, None]
+
+
+def test_a_revoked_key_stays_out_in_later_runs_until_reset(cli: Cli, sim: RunningSimulator, tmp_path: Path) -> None:
+    keys = make_keys(2)
+    sim.config.revoked.add("key1")
+    write_jobs(tmp_path / "first.jsonl", 5)
+    cli("submit", str(tmp_path / "first.jsonl"))
+    assert cli("run", "--no-progress", env=run_env(sim, keys)).returncode == 0
+    sim.config.revoked.clear()  # the user renewed it in the dashboard
+    sim.state.reset()
+    write_jobs(tmp_path / "second.jsonl", 5, prefix="two")
+    cli("submit", str(tmp_path / "second.jsonl"))
+
+    second = cli("run", "--no-progress", env=run_env(sim, keys))
+    used_in_second = set(sim.state.snapshot()["keys"])
+    listed = cli("keys")
+    reset = cli("keys", "reset", "key1")
+    write_jobs(tmp_path / "third.jsonl", 6, prefix="three")
+    cli("submit", str(tmp_path / "third.jsonl"))
+    third = cli("run", "--no-progress", env=run_env(sim, keys))
+
+    assert second.returncode == 0 and "key1 is revoked" in second.stderr
+    assert used_in_second == {"key2"}
+    assert "batchrun keys reset key1" in second.stderr
+    assert listed.stdout.startswith("key1: revoked")
+    assert reset.returncode == 0 and "back in rotation" in reset.stdout
+    assert third.returncode == 0
+    requests = {key: s["requests"] for key, s in sim.state.snapshot()["keys"].items()}
+    assert requests.get("key1", 0) > 0, requests  # only the third run used it
+    assert cli("keys", "reset", "nobody").returncode == 1
