@@ -58,6 +58,16 @@ def _open_store(db: str | None, config_path: str | None) -> Store:
     return store
 
 
+def _batch_id(store: Store, batch: str | None) -> int | None:
+    """The id of the batch named on the command line (None for all batches)."""
+    if batch is None:
+        return None
+    found = store.batch_id(batch)
+    if found is None:
+        raise BatchrunError(f"no batch named {batch!r} in {store.url} (see `batchrun status`)")
+    return found
+
+
 def _setup_logging(verbose: int) -> None:
     level = logging.DEBUG if verbose > 1 else logging.INFO if verbose == 1 else logging.WARNING
     handler = logging.StreamHandler(sys.stderr)
@@ -213,11 +223,7 @@ def status(batch: str | None, as_json: bool, db: str | None, config_path: str | 
       batchrun status --batch example --json
     """
     store = _open_store(db, config_path)
-    batch_id = None
-    if batch is not None:
-        batch_id = store.batch_id(batch)
-        if batch_id is None:
-            raise BatchrunError(f"no batch named {batch!r} in {store.url}")
+    batch_id = _batch_id(store, batch)
     counts = store.counts(batch_id)
     keys = store.key_records()
     last = store.last_runner()
@@ -269,11 +275,7 @@ def export(batch: str | None, output: str, errors_path: str | None, db: str | No
       batchrun export --batch nightly | jq .response.body.choices[0].message.content
     """
     store = _open_store(db, config_path)
-    batch_id = None
-    if batch is not None:
-        batch_id = store.batch_id(batch)
-        if batch_id is None:
-            raise BatchrunError(f"no batch named {batch!r} in {store.url}")
+    batch_id = _batch_id(store, batch)
     results = _export_to(output, lambda out: write_lines(store.export_rows([SUCCEEDED], batch_id), out, False))
     summary = f"exported {results} result(s)" + ("" if output == "-" else f" to {output}")
     if errors_path:

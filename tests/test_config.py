@@ -7,7 +7,6 @@ works in its own tmp_path as the working directory.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -20,13 +19,6 @@ from batchrun.units import Rate
 
 SECRET_A = "Zx81secretAAAAAAAAAAAAAAAAAAAAAA"
 SECRET_B = "Qv27secretBBBBBBBBBBBBBBBBBBBBBB"
-
-
-@pytest.fixture(autouse=True)
-def _no_batchrun_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in list(os.environ):
-        if name.startswith("BATCHRUN_"):
-            monkeypatch.delenv(name)
 
 
 @pytest.fixture

@@ -7,7 +7,6 @@ of what was let through: no sliding window may ever hold more than the limit.
 from __future__ import annotations
 
 import asyncio
-import os
 import statistics
 import time
 from collections.abc import Coroutine, Sequence
@@ -23,13 +22,6 @@ from batchrun.units import Rate
 
 SECRET = "Zx81secretAAAAAAAAAAAAAAAAAAAAAA"
 OTHER_SECRET = "Qv27secretBBBBBBBBBBBBBBBBBBBBBB"
-
-
-@pytest.fixture(autouse=True)
-def _no_batchrun_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in list(os.environ):
-        if name.startswith("BATCHRUN_"):
-            monkeypatch.delenv(name)
 
 
 T = TypeVar("T")
