@@ -23,10 +23,7 @@ from batchrun.errors import BatchrunError, ConfigError
 from batchrun.export import atomic_output, write_lines
 from batchrun.keys import lanes_for
 from batchrun.loader import submit_file
-from batchrun.progress import show_live, show_plain, summary_lines
-from batchrun.provider import ProviderClient
-from batchrun.retry import Backoff, RetryPolicy
-from batchrun.runner import EXIT_MEANINGS, RunOptions, Runner
+from batchrun.exitcodes import EXIT_MEANINGS
 from batchrun.simulator_cli import simulate_command
 from batchrun.store import FAILED, SUCCEEDED, Store
 
@@ -157,6 +154,12 @@ def run(batch: str | None, no_progress: bool, db: str | None, config_path: str |
       BATCHRUN_API_KEYS=k1:s1,k2:s2 batchrun run --base-url https://api.privatemind.com/v1
       batchrun run --batch nightly --rate-limit 20/1s --keys-file keys.txt
     """
+    # The network and the event loop are only loaded by the command that needs them.
+    from batchrun.progress import show_live, show_plain, summary_lines
+    from batchrun.provider import ProviderClient
+    from batchrun.retry import Backoff, RetryPolicy
+    from batchrun.runner import RunOptions, Runner
+
     settings = build_settings({**flags, "db": db}, config_path)
     settings.require_provider()
     assert settings.base_url is not None
@@ -194,7 +197,7 @@ def run(batch: str | None, no_progress: bool, db: str | None, config_path: str |
     sys.exit(asyncio.run(main()))
 
 
-def _install_signal_handlers(runner: Runner) -> None:
+def _install_signal_handlers(runner: Any) -> None:
     loop = asyncio.get_running_loop()
     main_task = asyncio.current_task()
     received: list[int] = []

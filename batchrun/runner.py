@@ -28,6 +28,7 @@ from typing import Any, TypeVar
 
 import orjson
 
+from batchrun.exitcodes import EXIT_MEANINGS
 from batchrun.errors import (
     BatchrunError,
     EndpointNotFound,
@@ -44,14 +45,6 @@ from batchrun.store import ClaimedJob, Failed, Outcome, Retry, Store, Succeeded
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-EXIT_MEANINGS = {
-    0: "all jobs finished, none failed",
-    1: "finished; some jobs failed permanently (see `batchrun export --errors`)",
-    2: "usage error",
-    3: "stopped with work left; run again to continue",
-    4: "no usable API key left; the remaining jobs stay queued",
-    5: "the provider is unreachable or misconfigured",
-}
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,9 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+#: the newest migration in migrations/versions; a test keeps the two in step
+SCHEMA_REVISION = "0001"
+
 # SQLite only makes INTEGER PRIMARY KEY an alias of the rowid (and so auto-incrementing).
 Id = BigInteger().with_variant(Integer(), "sqlite")
 

@@ -12,7 +12,6 @@ from typing import Any, TypeVar
 import click
 
 from batchrun.errors import ConfigError
-from batchrun.simulator import SimulatorConfig, serve
 from batchrun.units import Rate, parse_duration, parse_rate
 
 FC = TypeVar("FC", bound=Callable[..., Any])
@@ -118,6 +117,9 @@ def simulate_command(
 
         batchrun simulate --port 0 --latency 50ms --fail-rate 0.05 --rate-limit 20/1s --seed 7
     """
+    # imported here: `batchrun status` should not pay for loading aiohttp's server
+    from batchrun.simulator import SimulatorConfig, serve
+
     config = SimulatorConfig(
         latency=latency,
         latency_jitter=latency_jitter,

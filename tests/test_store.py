@@ -128,3 +128,13 @@ def test_migrations_produce_exactly_the_models(any_db_url: str) -> None:
     with Store.open(any_db_url) as store:
         config = _alembic_config(store._engine)
     command.check(config)  # raises if autogenerate would find any difference
+
+
+def test_the_schema_revision_constant_is_the_newest_migration(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from alembic.script import ScriptDirectory
+
+    from batchrun.schema import SCHEMA_REVISION
+
+    with Store.open(f"sqlite:///{tmp_path / 'x.db'}") as store:
+        head = ScriptDirectory.from_config(_alembic_config(store._engine)).get_current_head()
+    assert head == SCHEMA_REVISION
