@@ -28,7 +28,6 @@ from typing import Any, TypeVar
 
 import orjson
 
-from batchrun.exitcodes import EXIT_MEANINGS
 from batchrun.errors import (
     BatchrunError,
     EndpointNotFound,
@@ -37,6 +36,7 @@ from batchrun.errors import (
     ProviderError,
     ProviderUnreachable,
 )
+from batchrun.exitcodes import EXIT_MEANINGS
 from batchrun.keys import KeyLane
 from batchrun.provider import ProviderClient
 from batchrun.retry import FAIL, REQUEUE, RETRY, Decision, RetryPolicy
