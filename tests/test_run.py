@@ -215,3 +215,25 @@ def test_a_revoked_key_stays_out_in_later_runs_until_reset(cli: Cli, sim: Runnin
     requests = {key: s["requests"] for key, s in sim.state.snapshot()["keys"].items()}
     assert requests.get("key1", 0) > 0, requests  # only the third run used it
     assert cli("keys", "reset", "nobody").returncode == 1
+
+
+def test_429_cools_the_key_down_for_retry_after_and_every_job_still_finishes(
+        cli: Cli, sim: RunningSimulator, tmp_path: Path) -> None:
+    # batchrun is told no limit, so it learns the provider's from 429s + Retry-After.
+    sim.config.rate_limit = Rate(10, 1.0)
+    write_jobs(tmp_path / "jobs.jsonl", 50)
+    cli("submit", str(tmp_path / "jobs.jsonl"))
+
+    result = cli("run", "--no-progress", "--concurrency", "8", "--max-attempts", "20",
+                 env=run_env(sim, make_keys(2)))
+
+    assert result.returncode == 0, result.stderr
+    stats = sim.state.snapshot()
+    too_many = stats["by_status"].get("429", 0)
+    assert too_many > 0 and stats["by_status"]["200"] == 50
+    assert f"429s: {too_many}" in result.stdout
+    # Honouring Retry-After (1 s) keeps the 429s to about the requests in flight when a window fills;
+    # hammering a cooling key would produce hundreds.
+    assert too_many <= 8 * 2 * 4, stats
+    status = json.loads(cli("status", "--json").stdout)["batches"][0]
+    assert status["succeeded"] == 50 and status["retries"] == too_many
