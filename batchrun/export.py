@@ -13,18 +13,11 @@ import os
 import tempfile
 from collections.abc import Iterable
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import IO, Any, Iterator
 
 import orjson
 
 from batchrun.store import ExportRow
-
-
-@dataclass(frozen=True, slots=True)
-class ExportCounts:
-    results: int
-    errors: int
 
 
 def result_line(row: ExportRow) -> bytes:

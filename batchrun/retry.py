@@ -59,12 +59,16 @@ class RetryPolicy:
     max_attempts: int = 5
     backoff: Backoff = Backoff()
 
-    def decide(self, error: ProviderError, attempt: int, rng: random.Random | None = None) -> Decision:
-        """`attempt` is the number of the attempt that just failed (1 for the first)."""
+    def decide(self, error: ProviderError, attempt: int, rng: random.Random | None = None,
+               key_strikes: int = 1) -> Decision:
+        """`attempt` is the number of the attempt that just failed (1 for the first); `key_strikes`
+        how many 429s in a row the key that sent it has had (this one included)."""
         if isinstance(error, RateLimited):
-            # The key was too fast, not the job: the key cools down; the job may go to another key
-            # at once, but each 429 spends an attempt so a job cannot bounce forever.
-            cooldown = error.retry_after if error.retry_after is not None else self.backoff.delay(attempt, rng)
+            # The key was too fast, not the job: the key cools down (longer with each 429 in a row when
+            # the provider gives no Retry-After); the job may go to another key at once, but each 429
+            # spends an attempt so a job cannot bounce forever.
+            cooldown = (error.retry_after if error.retry_after is not None
+                        else self.backoff.delay(key_strikes, rng))
             if attempt >= self.max_attempts:
                 return Decision(FAIL, code=error.code, key_action="cool", key_cooldown=cooldown)
             return Decision(RETRY, delay=0.0, key_action="cool", key_cooldown=cooldown)

@@ -35,6 +35,7 @@ from batchrun.errors import (
     NoUsableKey,
     ProviderError,
     ProviderUnreachable,
+    RateLimited,
 )
 from batchrun.exitcodes import EXIT_MEANINGS
 from batchrun.keys import KeyLane
@@ -310,7 +311,9 @@ class Runner:
             self._outcomes.put_nowait(outcome)
 
     async def _on_error(self, lane: KeyLane, job: ClaimedJob, attempt: int, error: ProviderError) -> Outcome | None:
-        decision = self._options.policy.decide(error, attempt, self._rng)
+        if isinstance(error, RateLimited):
+            lane.consecutive_429 += 1
+        decision = self._options.policy.decide(error, attempt, self._rng, key_strikes=lane.consecutive_429)
         log.debug("job %s attempt %d on key %s: %s -> %s", job.custom_id, attempt, lane.key.id, error, decision.job)
         lane.errors += 1
         await self._act_on_key(lane, job, error, decision)
@@ -335,7 +338,6 @@ class Runner:
     async def _act_on_key(self, lane: KeyLane, job: ClaimedJob, error: ProviderError, decision: Decision) -> None:
         if decision.key_action == "cool":
             lane.rate_limited += 1
-            lane.consecutive_429 += 1
             self.stats.rate_limited += 1
             lane.cool_down(decision.key_cooldown)
             log.info("key %s rate limited; cooling down for %.1f s", lane.key.id, decision.key_cooldown)

@@ -416,18 +416,6 @@ class Store:
                         expected - landed)
         return landed
 
-    def release(self, owner: str, job_ids: Sequence[int]) -> None:
-        """Give jobs that were claimed but not sent back to the queue, without spending an attempt."""
-        if not job_ids:
-            return
-        with self._write() as conn:
-            conn.execute(
-                update(jobs).where(jobs.c.id == bindparam("b_id"), jobs.c.state == RUNNING,
-                                   jobs.c.lease_owner == owner)
-                .values(state=QUEUED, lease_owner=None, lease_expires=None),
-                [{"b_id": job_id} for job_id in job_ids],
-            )
-
     def release_owned(self, owner: str) -> int:
         """Give back every job this owner still holds (at the end of a run: none of them was sent)."""
         with self._write() as conn:

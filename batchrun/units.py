@@ -54,10 +54,6 @@ def parse_rate(text: str, *, field: str = "rate") -> Rate:
     return Rate(count, period)
 
 
-def per_minute(count: int) -> Rate:
-    return Rate(count, 60.0)
-
-
 def _format_period(seconds: float) -> str:
     if seconds >= 60 and seconds % 60 == 0:
         return f"{int(seconds // 60)}m"

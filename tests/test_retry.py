@@ -99,16 +99,16 @@ def test_rate_limited_with_retry_after_zero_uses_zero_not_the_backoff() -> None:
     assert decision.key_cooldown == 0.0
 
 
-@pytest.mark.parametrize("attempt", [1, 2, 3, 4])
-def test_rate_limited_without_retry_after_cools_the_key_by_the_backoff(attempt: int) -> None:
+@pytest.mark.parametrize("strikes", [1, 2, 3, 4])
+def test_rate_limited_without_retry_after_cools_the_key_by_the_backoff_of_its_429s_in_a_row(strikes: int) -> None:
     policy = RetryPolicy()
-    decision = policy.decide(RateLimited(), attempt=attempt, rng=random.Random(5))
+    decision = policy.decide(RateLimited(), attempt=1, rng=random.Random(5), key_strikes=strikes)
     assert decision.job == RETRY
     assert decision.delay == 0.0
     assert decision.key_action == "cool"
-    # exactly the backoff for this attempt with the same random stream
-    assert decision.key_cooldown == Backoff().delay(attempt, random.Random(5))
-    low, high = bounds(EXPECTED_RAW[attempt - 1], policy.backoff)
+    # the key's strikes, not the job's attempt, set the cool-down: exactly the backoff for that many
+    assert decision.key_cooldown == Backoff().delay(strikes, random.Random(5))
+    low, high = bounds(EXPECTED_RAW[strikes - 1], policy.backoff)
     assert low <= decision.key_cooldown <= high
 
 
@@ -215,3 +215,4 @@ def test_invalid_jobs_fail_at_once_on_the_first_attempt(error: ProviderError, co
 
 def test_an_unclassified_provider_error_fails_rather_than_looping() -> None:
     assert RetryPolicy().decide(ProviderError("??"), attempt=1) == Decision(FAIL, code="provider_error")
+
