@@ -54,3 +54,26 @@ def test_sigkill_mid_run_then_resume_exports_every_job_exactly_once(cli: Cli, si
     assert stats["completions_ok"] == len(prompts) + stats["duplicates"]
     status = json.loads(cli("status", "--json").stdout)["batches"][0]
     assert (status["succeeded"], status["queued"], status["running"]) == (240, 0, 0)
+
+
+def test_sigterm_stops_cleanly_with_exit_3_and_the_next_run_finishes(cli: Cli, sim: RunningSimulator,
+                                                                      tmp_path: Path) -> None:
+    sim.config.latency = 0.05
+    prompts = write_jobs(tmp_path / "jobs.jsonl", 200)
+    cli("submit", str(tmp_path / "jobs.jsonl"))
+    env = {"BATCHRUN_BASE_URL": sim.base_url, "BATCHRUN_API_KEYS": ",".join(make_keys(1))}
+
+    process = cli.popen("run", "--no-progress", "--concurrency", "4", env=env)
+    wait_for(lambda: sim.state.snapshot()["completions_ok"] >= 20, timeout=60)
+    process.send_signal(signal.SIGTERM)
+    out, err = process.communicate(timeout=30)
+
+    assert process.returncode == 3, err
+    assert "interrupted by SIGTERM" in out + err and "exit 3" in out
+    status = json.loads(cli("status", "--json").stdout)["batches"][0]
+    assert status["running"] == 0 and 0 < status["succeeded"] < 200  # in-flight finished, nothing held
+    assert status["succeeded"] == sim.state.snapshot()["completions_ok"]  # every answer was checkpointed
+    assert cli("run", "--no-progress", env=env).returncode == 0
+    cli("export", "--output", str(tmp_path / "results.jsonl"))
+    assert sorted(r["custom_id"] for r in read_jsonl(tmp_path / "results.jsonl")) == sorted(prompts)
+    assert sim.state.snapshot()["duplicates"] == 0
