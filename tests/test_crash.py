@@ -77,3 +77,23 @@ def test_sigterm_stops_cleanly_with_exit_3_and_the_next_run_finishes(cli: Cli, s
     cli("export", "--output", str(tmp_path / "results.jsonl"))
     assert sorted(r["custom_id"] for r in read_jsonl(tmp_path / "results.jsonl")) == sorted(prompts)
     assert sim.state.snapshot()["duplicates"] == 0
+
+
+def test_two_runners_on_one_sqlite_file_send_every_job_once(cli: Cli, sim: RunningSimulator, tmp_path: Path) -> None:
+    sim.config.latency = 0.02
+    prompts = write_jobs(tmp_path / "jobs.jsonl", 1500)
+    cli("submit", str(tmp_path / "jobs.jsonl"))
+    env = {"BATCHRUN_BASE_URL": sim.base_url, "BATCHRUN_API_KEYS": ",".join(make_keys(2))}
+
+    runners = [cli.popen("run", "--no-progress", env=env) for _ in range(2)]
+    outputs = [runner.communicate(timeout=120) for runner in runners]
+
+    for runner, (out, err) in zip(runners, outputs):
+        assert runner.returncode == 0, err
+        assert "locked" not in err
+    done_by_each = [int(out.split("succeeded: ")[1].split()[0]) for out, _ in outputs]
+    assert sum(done_by_each) == 1500 and min(done_by_each) > 0  # both really worked
+    stats = sim.state.snapshot()
+    assert stats["completions_ok"] == 1500 and stats["duplicates"] == 0
+    cli("export", "--output", str(tmp_path / "results.jsonl"))
+    assert sorted(r["custom_id"] for r in read_jsonl(tmp_path / "results.jsonl")) == sorted(prompts)
