@@ -237,3 +237,16 @@ def test_429_cools_the_key_down_for_retry_after_and_every_job_still_finishes(
     assert too_many <= 8 * 2 * 4, stats
     status = json.loads(cli("status", "--json").stdout)["batches"][0]
     assert status["succeeded"] == 50 and status["retries"] == too_many
+
+
+def test_the_whole_flow_on_sqlite_and_postgresql(any_db_url: str, tmp_path: Path, sim: RunningSimulator) -> None:
+    cli = Cli(tmp_path, {"BATCHRUN_DB": any_db_url})
+    prompts = write_jobs(tmp_path / "jobs.jsonl", 40)
+    assert cli("submit", str(tmp_path / "jobs.jsonl")).returncode == 0
+
+    result = cli("run", "--no-progress", env=run_env(sim, make_keys(2)))
+
+    assert result.returncode == 0, result.stderr
+    results, errors = export(cli, tmp_path)
+    assert [row["custom_id"] for row in results] == sorted(prompts) and errors == []
+    assert json.loads(cli("status", "--json").stdout)["batches"][0]["succeeded"] == 40
