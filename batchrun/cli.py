@@ -61,7 +61,7 @@ def _batch_id(store: Store, batch: str | None) -> int | None:
         return None
     found = store.batch_id(batch)
     if found is None:
-        raise BatchrunError(f"no batch named {batch!r} in {store.url} (see `batchrun status`)")
+        raise ConfigError(f"no batch named {batch!r} in {store.url} (see `batchrun status`)")
     return found
 
 
@@ -198,17 +198,16 @@ def run(batch: str | None, no_progress: bool, db: str | None, config_path: str |
 
 
 def _install_signal_handlers(runner: Any) -> None:
+    """First SIGINT/SIGTERM: stop claiming, let requests in flight finish. Second: stop now."""
     loop = asyncio.get_running_loop()
-    main_task = asyncio.current_task()
     received: list[int] = []
 
     def on_signal(signum: int) -> None:
         received.append(signum)
         if len(received) == 1:
             runner.request_stop(f"interrupted by {signal.Signals(signum).name}")
-        elif main_task is not None:
-            # A second signal: stop now. Leases make the next run pick up what was in flight.
-            main_task.cancel()
+        else:
+            runner.abort()
 
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, on_signal, signum)

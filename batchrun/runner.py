@@ -30,6 +30,7 @@ import orjson
 
 from batchrun.errors import (
     BatchrunError,
+    ConfigError,
     EndpointNotFound,
     KeyUnusable,
     NoUsableKey,
@@ -124,6 +125,14 @@ class Runner:
             self._stop.set()
             log.warning("stopping: %s", reason)
 
+    def abort(self) -> None:
+        """Stop now: also cancel the requests in flight. Their jobs go back to the queue unanswered."""
+        self.request_stop("stopped at once")
+        log.warning("stopped at once: %d request(s) in flight abandoned; their jobs go back to the queue",
+                    len(self._in_flight))
+        for task in list(self._in_flight):
+            task.cancel()
+
     async def run(self, on_start: Callable[[RunStats], None] | None = None) -> RunReport:
         started = time.monotonic()
         try:
@@ -142,8 +151,8 @@ class Runner:
         if self._options.batch is not None:
             self._batch_id = await self._call(self._store.batch_id, self._options.batch)
             if self._batch_id is None:
-                raise BatchrunError(f"no batch named {self._options.batch!r} in {self._store.url} "
-                                    "(see `batchrun status`)")
+                raise ConfigError(f"no batch named {self._options.batch!r} in {self._store.url} "
+                                  "(see `batchrun status`)")
         dead = await self._call(self._store.release_dead_runners, _pid_alive)
         if dead:
             log.info("requeued the jobs of %d runner(s) that died: %s", len(dead), ", ".join(dead))

@@ -97,3 +97,25 @@ def test_two_runners_on_one_sqlite_file_send_every_job_once(cli: Cli, sim: Runni
     assert stats["completions_ok"] == 1500 and stats["duplicates"] == 0
     cli("export", "--output", str(tmp_path / "results.jsonl"))
     assert sorted(r["custom_id"] for r in read_jsonl(tmp_path / "results.jsonl")) == sorted(prompts)
+
+
+def test_a_second_signal_stops_at_once_and_requeues_what_was_in_flight(cli: Cli, sim: RunningSimulator,
+                                                                       tmp_path: Path) -> None:
+    sim.config.latency = 5.0  # every request would take 5 s
+    write_jobs(tmp_path / "jobs.jsonl", 10)
+    cli("submit", str(tmp_path / "jobs.jsonl"))
+    env = {"BATCHRUN_BASE_URL": sim.base_url, "BATCHRUN_API_KEYS": ",".join(make_keys(1))}
+
+    process = cli.popen("run", "--no-progress", "--concurrency", "4", env=env)
+    wait_for(lambda: sim.state.snapshot()["in_flight"] == 4, timeout=30)
+    started = time.monotonic()
+    process.send_signal(signal.SIGINT)
+    time.sleep(0.3)
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=30)
+
+    assert process.returncode == 3, err
+    assert time.monotonic() - started < 4.0  # did not wait for the 5 s answers
+    assert "stopped at once" in out + err
+    status = json.loads(cli("status", "--json").stdout)["batches"][0]
+    assert (status["queued"], status["running"], status["succeeded"]) == (10, 0, 0)
