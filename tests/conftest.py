@@ -95,6 +95,19 @@ def write_jobs(path: Path, count: int, *, model: str = "fast", prefix: str = "jo
     return prompts
 
 
+def submit_jobs(cli: Cli, tmp_path: Path, count: int, **kwargs: Any) -> dict[str, str]:
+    """Write a job file of `count` jobs and submit it; returns custom_id -> prompt."""
+    prompts = write_jobs(tmp_path / "jobs.jsonl", count, **kwargs)
+    result = cli("submit", str(tmp_path / "jobs.jsonl"))
+    assert result.returncode == 0, result.stderr
+    return prompts
+
+
+def provider_env(sim: RunningSimulator, keys: list[str]) -> dict[str, str]:
+    """The environment that points `batchrun run` at the simulator with these keys."""
+    return {"BATCHRUN_BASE_URL": sim.base_url, "BATCHRUN_API_KEYS": ",".join(keys)}
+
+
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 

@@ -8,7 +8,7 @@ import signal
 import time
 from pathlib import Path
 
-from conftest import Cli, make_keys, read_jsonl, write_jobs
+from conftest import Cli, make_keys, provider_env, read_jsonl, submit_jobs
 
 from batchrun.simulator import RunningSimulator
 
@@ -26,9 +26,8 @@ def wait_for(predicate, timeout: float) -> None:  # type: ignore[no-untyped-def]
 def test_sigkill_mid_run_then_resume_exports_every_job_exactly_once(cli: Cli, sim: RunningSimulator,
                                                                     tmp_path: Path) -> None:
     sim.config.latency = 0.03
-    prompts = write_jobs(tmp_path / "jobs.jsonl", 240)
-    cli("submit", str(tmp_path / "jobs.jsonl"))
-    env = {"BATCHRUN_BASE_URL": sim.base_url, "BATCHRUN_API_KEYS": ",".join(make_keys(2))}
+    prompts = submit_jobs(cli, tmp_path, 240)
+    env = provider_env(sim, make_keys(2))
     args = ("run", "--no-progress", "--concurrency", str(CONCURRENCY))
 
     kills = 0
@@ -59,9 +58,8 @@ def test_sigkill_mid_run_then_resume_exports_every_job_exactly_once(cli: Cli, si
 def test_sigterm_stops_cleanly_with_exit_3_and_the_next_run_finishes(cli: Cli, sim: RunningSimulator,
                                                                       tmp_path: Path) -> None:
     sim.config.latency = 0.05
-    prompts = write_jobs(tmp_path / "jobs.jsonl", 200)
-    cli("submit", str(tmp_path / "jobs.jsonl"))
-    env = {"BATCHRUN_BASE_URL": sim.base_url, "BATCHRUN_API_KEYS": ",".join(make_keys(1))}
+    prompts = submit_jobs(cli, tmp_path, 200)
+    env = provider_env(sim, make_keys(1))
 
     process = cli.popen("run", "--no-progress", "--concurrency", "4", env=env)
     wait_for(lambda: sim.state.snapshot()["completions_ok"] >= 20, timeout=60)
@@ -81,9 +79,8 @@ def test_sigterm_stops_cleanly_with_exit_3_and_the_next_run_finishes(cli: Cli, s
 
 def test_two_runners_on_one_sqlite_file_send_every_job_once(cli: Cli, sim: RunningSimulator, tmp_path: Path) -> None:
     sim.config.latency = 0.02
-    prompts = write_jobs(tmp_path / "jobs.jsonl", 1500)
-    cli("submit", str(tmp_path / "jobs.jsonl"))
-    env = {"BATCHRUN_BASE_URL": sim.base_url, "BATCHRUN_API_KEYS": ",".join(make_keys(2))}
+    prompts = submit_jobs(cli, tmp_path, 1500)
+    env = provider_env(sim, make_keys(2))
 
     runners = [cli.popen("run", "--no-progress", env=env) for _ in range(2)]
     outputs = [runner.communicate(timeout=120) for runner in runners]
@@ -102,9 +99,8 @@ def test_two_runners_on_one_sqlite_file_send_every_job_once(cli: Cli, sim: Runni
 def test_a_second_signal_stops_at_once_and_requeues_what_was_in_flight(cli: Cli, sim: RunningSimulator,
                                                                        tmp_path: Path) -> None:
     sim.config.latency = 5.0  # every request would take 5 s
-    write_jobs(tmp_path / "jobs.jsonl", 10)
-    cli("submit", str(tmp_path / "jobs.jsonl"))
-    env = {"BATCHRUN_BASE_URL": sim.base_url, "BATCHRUN_API_KEYS": ",".join(make_keys(1))}
+    submit_jobs(cli, tmp_path, 10)
+    env = provider_env(sim, make_keys(1))
 
     process = cli.popen("run", "--no-progress", "--concurrency", "4", env=env)
     wait_for(lambda: sim.state.snapshot()["in_flight"] == 4, timeout=30)

@@ -6,14 +6,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from conftest import FAST_RETRY, Cli, make_keys, read_jsonl, write_jobs
+from conftest import FAST_RETRY, Cli, make_keys, provider_env, read_jsonl, submit_jobs, write_jobs
 
 from batchrun.simulator import RunningSimulator
 from batchrun.units import Rate
-
-
-def run_env(sim: RunningSimulator, keys: list[str]) -> dict[str, str]:
-    return {"BATCHRUN_BASE_URL": sim.base_url, "BATCHRUN_API_KEYS": ",".join(keys)}
 
 
 def export(cli: Cli, tmp_path: Path) -> tuple[list[dict], list[dict]]:
@@ -25,10 +21,9 @@ def export(cli: Cli, tmp_path: Path) -> tuple[list[dict], list[dict]]:
 def test_three_keys_within_their_window_limit_finish_every_job(cli: Cli, sim: RunningSimulator,
                                                                tmp_path: Path) -> None:
     sim.config.rate_limit = Rate(10, 0.5)
-    prompts = write_jobs(tmp_path / "jobs.jsonl", 120)
-    assert cli("submit", str(tmp_path / "jobs.jsonl")).returncode == 0
+    prompts = submit_jobs(cli, tmp_path, 120)
 
-    result = cli("run", "--rate-limit", "10/500ms", "--no-progress", env=run_env(sim, make_keys(3)))
+    result = cli("run", "--rate-limit", "10/500ms", "--no-progress", env=provider_env(sim, make_keys(3)))
 
     assert result.returncode == 0, result.stderr
     assert "succeeded: 120" in result.stdout and "exit 0" in result.stdout
@@ -53,10 +48,9 @@ def test_three_keys_within_their_window_limit_finish_every_job(cli: Cli, sim: Ru
 def test_transient_failures_are_retried_and_counted(cli: Cli, sim: RunningSimulator, tmp_path: Path) -> None:
     sim.config.fail_rate = 0.25
     sim.config.reset_rate = 0.05
-    write_jobs(tmp_path / "jobs.jsonl", 80)
-    cli("submit", str(tmp_path / "jobs.jsonl"))
+    submit_jobs(cli, tmp_path, 80)
 
-    result = cli("run", "--no-progress", "--max-attempts", "12", *FAST_RETRY, env=run_env(sim, make_keys(2)))
+    result = cli("run", "--no-progress", "--max-attempts", "12", *FAST_RETRY, env=provider_env(sim, make_keys(2)))
 
     assert result.returncode == 0, result.stdout + result.stderr
     stats = sim.state.snapshot()
@@ -73,10 +67,9 @@ def test_transient_failures_are_retried_and_counted(cli: Cli, sim: RunningSimula
 
 def test_a_permanent_outage_fails_jobs_after_max_attempts(cli: Cli, sim: RunningSimulator, tmp_path: Path) -> None:
     sim.config.fail_rate = 1.0
-    write_jobs(tmp_path / "jobs.jsonl", 5)
-    cli("submit", str(tmp_path / "jobs.jsonl"))
+    submit_jobs(cli, tmp_path, 5)
 
-    result = cli("run", "--no-progress", "--max-attempts", "3", *FAST_RETRY, env=run_env(sim, make_keys(1)))
+    result = cli("run", "--no-progress", "--max-attempts", "3", *FAST_RETRY, env=provider_env(sim, make_keys(1)))
 
     assert result.returncode == 1, result.stderr
     assert sim.state.snapshot()["by_status"] == {"503": 15}
@@ -102,7 +95,7 @@ def test_400_and_422_fail_at_once_with_the_providers_message(cli: Cli, sim: Runn
     job_file.write_text("".join(json.dumps(line) + "\n" for line in lines))
     cli("submit", str(job_file))
 
-    result = cli("run", "--no-progress", *FAST_RETRY, env=run_env(sim, make_keys(1)))
+    result = cli("run", "--no-progress", *FAST_RETRY, env=provider_env(sim, make_keys(1)))
 
     assert result.returncode == 1, result.stderr
     assert sim.state.snapshot()["requests_total"] == 3  # each attempted exactly once
@@ -124,10 +117,9 @@ def test_a_revoked_key_leaves_the_run_and_its_jobs_go_to_the_others(cli: Cli, si
                                                                     tmp_path: Path) -> None:
     keys = make_keys(3)
     sim.config.revoked.add("key2")
-    write_jobs(tmp_path / "jobs.jsonl", 60)
-    cli("submit", str(tmp_path / "jobs.jsonl"))
+    submit_jobs(cli, tmp_path, 60)
 
-    result = cli("run", "--no-progress", "--concurrency", "4", env=run_env(sim, keys))
+    result = cli("run", "--no-progress", "--concurrency", "4", env=provider_env(sim, keys))
 
     assert result.returncode == 0, result.stderr
     assert "key2" in result.stderr and "revoked" in result.stderr and "Settings → API Keys" in result.stderr
@@ -144,10 +136,9 @@ def test_a_revoked_key_leaves_the_run_and_its_jobs_go_to_the_others(cli: Cli, si
 
 def test_every_key_revoked_exits_4_and_leaves_jobs_queued(cli: Cli, sim: RunningSimulator, tmp_path: Path) -> None:
     sim.config.revoked.update({"key1", "key2"})
-    write_jobs(tmp_path / "jobs.jsonl", 10)
-    cli("submit", str(tmp_path / "jobs.jsonl"))
+    submit_jobs(cli, tmp_path, 10)
 
-    result = cli("run", "--no-progress", env=run_env(sim, make_keys(2)))
+    result = cli("run", "--no-progress", env=provider_env(sim, make_keys(2)))
 
     assert result.returncode == 4, result.stdout + result.stderr
     assert "no usable API key" in result.stderr + result.stdout
@@ -156,8 +147,7 @@ def test_every_key_revoked_exits_4_and_leaves_jobs_queued(cli: Cli, sim: Running
 
 
 def test_wrong_base_url_exits_5_and_fails_nothing(cli: Cli, sim: RunningSimulator, tmp_path: Path) -> None:
-    write_jobs(tmp_path / "jobs.jsonl", 3)
-    cli("submit", str(tmp_path / "jobs.jsonl"))
+    submit_jobs(cli, tmp_path, 3)
     no_prefix = sim.base_url.removesuffix("/v1")
 
     wrong = cli("run", "--no-progress", env={"BATCHRUN_BASE_URL": no_prefix, "BATCHRUN_API_KEYS": "a:b"})
@@ -180,9 +170,8 @@ def test_missing_keys_or_provider_is_a_usage_error(cli: Cli, sim: RunningSimulat
 
 def test_a_200_without_request_id_is_accepted(cli: Cli, sim: RunningSimulator, tmp_path: Path) -> None:
     sim.config.omit_request_id = True
-    write_jobs(tmp_path / "jobs.jsonl", 3)
-    cli("submit", str(tmp_path / "jobs.jsonl"))
-    assert cli("run", "--no-progress", env=run_env(sim, make_keys(1))).returncode == 0
+    submit_jobs(cli, tmp_path, 3)
+    assert cli("run", "--no-progress", env=provider_env(sim, make_keys(1))).returncode == 0
     results, _ = export(cli, tmp_path)
     assert [r["response"]["request_id"] for r in results] == [None, None, None]
 
@@ -192,19 +181,19 @@ def test_a_revoked_key_stays_out_in_later_runs_until_reset(cli: Cli, sim: Runnin
     sim.config.revoked.add("key1")
     write_jobs(tmp_path / "first.jsonl", 5)
     cli("submit", str(tmp_path / "first.jsonl"))
-    assert cli("run", "--no-progress", env=run_env(sim, keys)).returncode == 0
+    assert cli("run", "--no-progress", env=provider_env(sim, keys)).returncode == 0
     sim.config.revoked.clear()  # the user renewed it in the dashboard
     sim.state.reset()
     write_jobs(tmp_path / "second.jsonl", 5, prefix="two")
     cli("submit", str(tmp_path / "second.jsonl"))
 
-    second = cli("run", "--no-progress", env=run_env(sim, keys))
+    second = cli("run", "--no-progress", env=provider_env(sim, keys))
     used_in_second = set(sim.state.snapshot()["keys"])
     listed = cli("keys")
     reset = cli("keys", "reset", "key1")
     write_jobs(tmp_path / "third.jsonl", 6, prefix="three")
     cli("submit", str(tmp_path / "third.jsonl"))
-    third = cli("run", "--no-progress", env=run_env(sim, keys))
+    third = cli("run", "--no-progress", env=provider_env(sim, keys))
 
     assert second.returncode == 0 and "key1 is revoked" in second.stderr
     assert used_in_second == {"key2"}
@@ -221,11 +210,10 @@ def test_429_cools_the_key_down_for_retry_after_and_every_job_still_finishes(
         cli: Cli, sim: RunningSimulator, tmp_path: Path) -> None:
     # batchrun is told no limit, so it learns the provider's from 429s + Retry-After.
     sim.config.rate_limit = Rate(10, 1.0)
-    write_jobs(tmp_path / "jobs.jsonl", 50)
-    cli("submit", str(tmp_path / "jobs.jsonl"))
+    submit_jobs(cli, tmp_path, 50)
 
     result = cli("run", "--no-progress", "--concurrency", "8", "--max-attempts", "20",
-                 env=run_env(sim, make_keys(2)))
+                 env=provider_env(sim, make_keys(2)))
 
     assert result.returncode == 0, result.stderr
     stats = sim.state.snapshot()
@@ -241,10 +229,9 @@ def test_429_cools_the_key_down_for_retry_after_and_every_job_still_finishes(
 
 def test_the_whole_flow_on_sqlite_and_postgresql(any_db_url: str, tmp_path: Path, sim: RunningSimulator) -> None:
     cli = Cli(tmp_path, {"BATCHRUN_DB": any_db_url})
-    prompts = write_jobs(tmp_path / "jobs.jsonl", 40)
-    assert cli("submit", str(tmp_path / "jobs.jsonl")).returncode == 0
+    prompts = submit_jobs(cli, tmp_path, 40)
 
-    result = cli("run", "--no-progress", env=run_env(sim, make_keys(2)))
+    result = cli("run", "--no-progress", env=provider_env(sim, make_keys(2)))
 
     assert result.returncode == 0, result.stderr
     results, errors = export(cli, tmp_path)
