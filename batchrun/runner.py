@@ -142,6 +142,10 @@ class Runner:
             if not self._stop.is_set():
                 await self._work()
             return await self._finish(started)
+        except BatchrunError as exc:
+            # The run ends here (wrong base URL, unknown batch...): `status` should say so, not "running".
+            await self._call(self._store.finish_runner, self.owner, exc.exit_code, str(exc))
+            raise
         finally:
             self._db.shutdown(wait=True)
 

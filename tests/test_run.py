@@ -157,8 +157,9 @@ def test_wrong_base_url_exits_5_and_fails_nothing(cli: Cli, sim: RunningSimulato
     assert wrong.returncode == 5, wrong.stderr
     assert no_prefix in wrong.stderr and "/v1" in wrong.stderr
     assert unreachable.returncode == 5 and "127.0.0.1:9" in unreachable.stderr
-    status = json.loads(cli("status", "--json").stdout)["batches"][0]
-    assert status["queued"] == 3 and status["failed"] == 0
+    status = json.loads(cli("status", "--json").stdout)
+    assert status["batches"][0]["queued"] == 3 and status["batches"][0]["failed"] == 0
+    assert status["last_run"]["exit_code"] == 5 and "127.0.0.1:9" in status["last_run"]["outcome"]
 
 
 def test_missing_keys_or_provider_is_a_usage_error(cli: Cli, sim: RunningSimulator) -> None:
