@@ -248,12 +248,13 @@ def status(batch: str | None, as_json: bool, db: str | None, config_path: str | 
         return
     if not counts:
         click.echo(f"no batches in {store.url} (load one with `batchrun submit FILE`)")
-    header = f"{'batch':<24} {'total':>8} {'queued':>8} {'running':>8} {'succeeded':>10} {'failed':>8} {'tokens':>10}"
+    header = (f"{'batch':<24} {'total':>8} {'queued':>8} {'running':>8} {'succeeded':>10} {'failed':>8} "
+              f"{'retries':>8} {'tokens':>10}")
     if counts:
         click.echo(header)
     for c in counts:
         click.echo(f"{c.name:<24} {c.total:>8} {c.queued:>8} {c.running:>8} {c.succeeded:>10} {c.failed:>8} "
-                   f"{c.total_tokens:>10}")
+                   f"{c.retries:>8} {c.total_tokens:>10}")
         for code, n in sorted(c.failed_by_code.items()):
             click.echo(f"  failed {code}: {n}")
     for k in keys.values():
