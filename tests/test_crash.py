@@ -78,7 +78,7 @@ def test_sigterm_stops_cleanly_with_exit_3_and_the_next_run_finishes(cli: Cli, s
 
 
 def test_two_runners_on_one_sqlite_file_send_every_job_once(cli: Cli, sim: RunningSimulator, tmp_path: Path) -> None:
-    sim.config.latency = 0.02
+    sim.config.latency = 0.05  # one runner alone would need > 2 s: both get a share
     prompts = submit_jobs(cli, tmp_path, 1500)
     env = provider_env(sim, make_keys(2))
 
