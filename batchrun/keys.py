@@ -113,15 +113,21 @@ class TokenWindow:
         entry[1] = actual
 
 
-def request_limiter(rate: Rate, margin: float = 0.02) -> AsyncLimiter:
+#: Time the provider may see between two of our requests beyond what we spaced them by: the task that
+#: sends a request starts a little after its slot, the network and the server's own queue add jitter.
+#: It is absolute, not a share of the window: a 30 ms hiccup is as likely on a 1 s window as on a 1 m one.
+JITTER_SLACK = 0.03
+
+
+def request_limiter(rate: Rate, margin: float = 0.01, slack: float = JITTER_SLACK) -> AsyncLimiter:
     """A limiter that keeps every sliding window of `rate.period` at or below `rate.count`.
 
     aiolimiter's bucket admits a burst of its full capacity on top of its drain rate, so a bucket of
     N per period lets up to 2N through one window. A capacity of one request, drained once per
-    `period / count` (plus a small margin for network jitter), spaces requests evenly instead: any
-    window of length `period` then holds at most `count` of them.
+    `(period × (1 + margin) + slack) / count`, spaces requests evenly instead: any count + 1 requests
+    then span more than a window plus `slack`, so jitter up to `slack` cannot put them in one window.
     """
-    return AsyncLimiter(1, rate.period / rate.count * (1 + margin))
+    return AsyncLimiter(1, (rate.period * (1 + margin) + slack) / rate.count)
 
 
 @dataclass(frozen=True, slots=True)
