@@ -16,7 +16,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import resources
@@ -468,7 +468,7 @@ class Store:
             conn.execute(update(runners).where(runners.c.owner == owner)
                          .values(ended_at=now, exit_code=exit_code, outcome=outcome, heartbeat_at=now))
 
-    def release_dead_runners(self, is_alive: Any) -> list[str]:
+    def release_dead_runners(self, is_alive: Callable[[int], bool]) -> list[str]:
         """Requeue the jobs of runners on this host whose process is gone (killed, crashed).
 
         Their leases would expire anyway; this lets a run started right after a crash carry on at
