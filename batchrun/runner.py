@@ -240,7 +240,7 @@ class Runner:
     async def _feed_loop(self) -> None:
         low_water = max(self._options.concurrency, 16)
         chunk = max(2 * self._options.concurrency, 64)
-        while True:
+        while not self._stop.is_set():
             if self._jobs.qsize() >= low_water:
                 await self._wait(self._need_jobs, 1.0)
                 continue
@@ -265,7 +265,7 @@ class Runner:
                 await self._call(self._store.requeue_expired)
 
     async def _lane_loop(self, lane: KeyLane) -> None:
-        while lane.usable:
+        while lane.usable and not self._stop.is_set():
             await lane.wait_until_warm()
             job = await self._jobs.get()
             if self._jobs.qsize() < self._options.concurrency:
@@ -426,10 +426,17 @@ class Runner:
 
     @staticmethod
     async def _wait(event: asyncio.Event, timeout: float) -> None:
+        """Wait for `event` or `timeout`, then clear it.
+
+        Not `asyncio.wait_for`: on Python 3.11 it can swallow a cancellation that races with the event
+        being set, and a loop cancelled at shutdown would then go on forever (seen as a run that did
+        not exit after SIGTERM). `asyncio.wait` always lets the cancellation through.
+        """
+        waiter = asyncio.ensure_future(event.wait())
         try:
-            await asyncio.wait_for(event.wait(), timeout)
-        except asyncio.TimeoutError:
-            pass
+            await asyncio.wait({waiter}, timeout=timeout)
+        finally:
+            waiter.cancel()
         event.clear()
 
 

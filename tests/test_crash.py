@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import signal
+import subprocess
 import time
 from pathlib import Path
 
@@ -23,6 +24,16 @@ def wait_for(predicate, timeout: float) -> None:  # type: ignore[no-untyped-def]
         time.sleep(0.02)
 
 
+def finish(process: subprocess.Popen[str], timeout: float) -> tuple[str, str]:
+    """Wait for a `batchrun run` to exit; one that hangs is killed (no stray process or open pipe)."""
+    try:
+        return process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.communicate()
+        raise
+
+
 def test_sigkill_mid_run_then_resume_exports_every_job_exactly_once(cli: Cli, sim: RunningSimulator,
                                                                     tmp_path: Path) -> None:
     sim.config.latency = 0.03
@@ -35,7 +46,7 @@ def test_sigkill_mid_run_then_resume_exports_every_job_exactly_once(cli: Cli, si
         process = cli.popen(*args, env=env)
         wait_for(lambda: sim.state.snapshot()["completions_ok"] >= threshold, timeout=60)
         process.send_signal(signal.SIGKILL)
-        process.communicate(timeout=10)
+        finish(process, 10)
         assert process.returncode == -signal.SIGKILL
         kills += 1
 
@@ -64,7 +75,7 @@ def test_sigterm_stops_cleanly_with_exit_3_and_the_next_run_finishes(cli: Cli, s
     process = cli.popen("run", "--no-progress", "--concurrency", "4", env=env)
     wait_for(lambda: sim.state.snapshot()["completions_ok"] >= 20, timeout=60)
     process.send_signal(signal.SIGTERM)
-    out, err = process.communicate(timeout=30)
+    out, err = finish(process, 30)
 
     assert process.returncode == 3, err
     assert "interrupted by SIGTERM" in out + err and "exit 3" in out
@@ -83,7 +94,7 @@ def test_two_runners_on_one_sqlite_file_send_every_job_once(cli: Cli, sim: Runni
     env = provider_env(sim, make_keys(2))
 
     runners = [cli.popen("run", "--no-progress", env=env) for _ in range(2)]
-    outputs = [runner.communicate(timeout=120) for runner in runners]
+    outputs = [finish(runner, 120) for runner in runners]
 
     for runner, (out, err) in zip(runners, outputs):
         assert runner.returncode == 0, err
@@ -108,7 +119,7 @@ def test_a_second_signal_stops_at_once_and_requeues_what_was_in_flight(cli: Cli,
     process.send_signal(signal.SIGINT)
     time.sleep(0.3)
     process.send_signal(signal.SIGINT)
-    out, err = process.communicate(timeout=30)
+    out, err = finish(process, 30)
 
     assert process.returncode == 3, err
     assert time.monotonic() - started < 4.0  # did not wait for the 5 s answers
