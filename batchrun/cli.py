@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
 import logging
 import signal
 import sys
@@ -145,6 +146,10 @@ _RUN_HELP = "\n".join(f"  {code}  {meaning}" for code, meaning in EXIT_MEANINGS.
 @click.option("--lease", help="How long a claimed job stays reserved without a heartbeat. [default: 60s]")
 @click.option("--backoff-base", help="First retry delay, doubling up to --backoff-max. [default: 1s]")
 @click.option("--backoff-max", help="Longest retry delay. [default: 30s]")
+@click.option("--require-request-id", is_flag=True, default=None,
+              help="Retry a 200 that has no request_id instead of accepting it as unverified.")
+@click.option("--key-format", type=click.Choice(["any", "id:secret"]),
+              help="id:secret: refuse, before any request, a key that is not <access_key_id>:<secret>.")
 @click.option("--no-progress", is_flag=True, help="No progress bar even on a terminal.")
 @db_options
 def run(batch: str | None, no_progress: bool, db: str | None, config_path: str | None, **flags: Any) -> None:
@@ -174,7 +179,8 @@ def run(batch: str | None, no_progress: bool, db: str | None, config_path: str |
 
     async def main() -> int:
         async with ProviderClient(settings.base_url or "", request_timeout=settings.request_timeout,
-                                  connections=settings.concurrency + 8) as client:
+                                  connections=settings.concurrency + 8,
+                                  require_request_id=settings.require_request_id) as client:
             runner = Runner(store, client, lanes, options)
             _install_signal_handlers(runner)
             display: asyncio.Task[None] | None = None
@@ -229,15 +235,19 @@ def status(batch: str | None, as_json: bool, db: str | None, config_path: str | 
     counts = store.counts(batch_id)
     keys = store.key_records()
     last = store.last_runner()
+    by_key, by_model = store.usage("key", batch_id), store.usage("model", batch_id)
     payload = {
         "batches": [{
             "name": c.name, "total": c.total, "queued": c.queued, "running": c.running,
             "succeeded": c.succeeded, "failed": c.failed, "cancelled": c.cancelled,
             "attempts": c.attempts, "retries": c.retries, "failed_by_code": c.failed_by_code,
+            "unverified": c.unverified, "truncated": c.truncated, "fallbacks": c.fallbacks,
             "usage": {"prompt_tokens": c.prompt_tokens, "completion_tokens": c.completion_tokens,
                       "total_tokens": c.total_tokens},
+            "cost": c.cost if c.priced else None, "unpriced": c.succeeded - c.priced,
         } for c in counts],
-        "keys": [{"id": k.id, "state": k.state, "reason": k.reason} for k in keys.values()],
+        "usage": {"by_key": [_usage_json(u) for u in by_key], "by_model": [_usage_json(u) for u in by_model]},
+        "keys": [_key_json(k) for k in keys.values()],
         "last_run": None if last is None else {
             "runner": last.owner, "started_at": last.started_at, "ended_at": last.ended_at,
             "exit_code": last.exit_code, "outcome": last.outcome,
@@ -249,19 +259,46 @@ def status(batch: str | None, as_json: bool, db: str | None, config_path: str | 
     if not counts:
         click.echo(f"no batches in {store.url} (load one with `batchrun submit FILE`)")
     header = (f"{'batch':<24} {'total':>8} {'queued':>8} {'running':>8} {'succeeded':>10} {'failed':>8} "
-              f"{'retries':>8} {'tokens':>10}")
+              f"{'retries':>8} {'tokens':>10} {'cost':>10}")
     if counts:
         click.echo(header)
     for c in counts:
         click.echo(f"{c.name:<24} {c.total:>8} {c.queued:>8} {c.running:>8} {c.succeeded:>10} {c.failed:>8} "
-                   f"{c.retries:>8} {c.total_tokens:>10}")
+                   f"{c.retries:>8} {c.total_tokens:>10} {_cost_text(c.cost if c.priced else None):>10}")
         for code, n in sorted(c.failed_by_code.items()):
             click.echo(f"  failed {code}: {n}")
+        if c.unverified:
+            click.echo(f"  unverified (200 without request_id): {c.unverified}")
+        if c.truncated:
+            click.echo(f"  truncated (finish_reason length): {c.truncated}")
+        if c.fallbacks:
+            click.echo(f"  served by a fallback model: {c.fallbacks}")
+    for title, rows in (("model", by_model), ("key", by_key)):
+        for u in rows:
+            click.echo(f"{title} {u.name}: {u.requests} results, {u.prompt_tokens} prompt + "
+                       f"{u.completion_tokens} completion tokens, cost {_cost_text(u.cost if u.priced else None)}")
     for k in keys.values():
         click.echo(f"key {k.id}: {k.state}" + (f" ({k.reason})" if k.reason else ""))
     if last is not None:
         ended = "still running" if last.ended_at is None else f"exit {last.exit_code}: {last.outcome}"
         click.echo(f"last run: {last.owner}: {ended}")
+
+
+def _cost_text(cost: float | None) -> str:
+    return "unknown" if cost is None else f"${cost:.4f}"
+
+
+def _usage_json(usage: Any) -> dict[str, Any]:
+    return {"name": usage.name, "results": usage.requests, "prompt_tokens": usage.prompt_tokens,
+            "completion_tokens": usage.completion_tokens, "total_tokens": usage.total_tokens,
+            "cost": usage.cost if usage.priced else None}
+
+
+def _key_json(record: Any) -> dict[str, Any]:
+    return {"id": record.id, "state": record.state, "reason": record.reason, "since": record.since,
+            "last_run": {"at": record.last_run_at, "requests": record.requests,
+                         "rate_limited": record.rate_limited, "errors": record.errors},
+            "rate_limit": {"configured": record.rate_configured, "adapted": record.rate_adapted}}
 
 
 @cli.command()
@@ -301,10 +338,12 @@ def _export_to(path: str, write: Callable[[Any], int]) -> int:
 
 
 @cli.group(invoke_without_command=True)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @db_options
 @click.pass_context
-def keys(ctx: click.Context, db: str | None, config_path: str | None) -> None:
-    """Show the keys batchrun has taken out of rotation, and bring them back.
+def keys(ctx: click.Context, as_json: bool, db: str | None, config_path: str | None) -> None:
+    """Show every key: state (active, cooling, revoked, expired, invalid, budget), why and since when,
+    the last run's requests, 429s and errors, and its rate limit (configured → adapted).
 
     \b
       batchrun keys
@@ -315,10 +354,39 @@ def keys(ctx: click.Context, db: str | None, config_path: str | None) -> None:
         return
     store = _open_store(db, config_path)
     records = store.key_records()
-    if not records:
-        click.echo("no key has been taken out of rotation")
+    configured = _configured_key_ids(config_path)
+    if as_json:
+        listed = [_key_json(r) for r in records.values()]
+        listed += [{"id": key, "state": "active", "reason": None, "since": None, "last_run": None,
+                    "rate_limit": None} for key in configured if key not in records]
+        click.echo(orjson.dumps(listed, option=orjson.OPT_INDENT_2).decode())
+        return
+    if not records and not configured:
+        click.echo(f"no key is known yet in {store.url} (keys are recorded when a run uses them)")
+        return
+    click.echo(f"{'key':<16} {'state':<8} {'since':<20} {'requests':>8} {'429s':>6} {'errors':>6}  "
+               f"{'rate (configured → adapted)':<28} reason")
     for record in records.values():
-        click.echo(f"{record.id}: {record.state}" + (f" ({record.reason})" if record.reason else ""))
+        rate = (record.rate_configured or "none") + (f" → {record.rate_adapted}" if record.rate_adapted else "")
+        click.echo(f"{record.id:<16} {record.state:<8} {_when(record.since):<20} {record.requests:>8} "
+                   f"{record.rate_limited:>6} {record.errors:>6}  {rate:<28} {record.reason or ''}")
+    for key in configured:
+        if key not in records:
+            click.echo(f"{key:<16} {'active':<8} {'-':<20} {0:>8} {0:>6} {0:>6}  {'-':<28} not used yet")
+
+
+def _when(epoch: float | None) -> str:
+    if epoch is None:
+        return "-"
+    return datetime.datetime.fromtimestamp(epoch).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _configured_key_ids(config_path: str | None) -> list[str]:
+    """Ids of the keys the environment or config names now (never their secrets); none if unset."""
+    try:
+        return [key.id for key in build_settings({}, config_path).keys]
+    except BatchrunError:
+        return []
 
 
 @keys.command("reset")

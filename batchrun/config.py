@@ -16,6 +16,8 @@ file and the defaults, and validates everything in one place.
     request_timeout = "10m"
     backoff_base = "1s"
     backoff_max = "30s"
+    require_request_id = false        # a 200 without request_id is retried instead of accepted
+    key_format = "any"                # or "id:secret": every key must be `<access_key_id>:<secret>`
 
     [limits.k1]                       # per-key overrides, by key id
     rate_limit = "20/1s"
@@ -30,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from batchrun.errors import ConfigError
-from batchrun.keys import ApiKey, KeyLimits, parse_keys, read_keys_file
+from batchrun.keys import ApiKey, KeyLimits, check_key_format, parse_keys, read_keys_file
 from batchrun.units import Rate, parse_duration, parse_rate
 
 DEFAULT_DB = "sqlite:///batchrun.db"
@@ -40,7 +42,9 @@ KEYS_ENV = "BATCHRUN_API_KEYS"
 _FILE_KEYS = {
     "db", "base_url", "keys_file", "api_keys", "concurrency", "rate_limit", "rpm", "token_limit", "tpm",
     "max_attempts", "request_timeout", "lease", "backoff_base", "backoff_max", "limits",
+    "require_request_id", "key_format",
 }
+KEY_FORMATS = ("any", "id:secret")
 
 _LIMIT_KEYS = {"rate_limit", "rpm", "token_limit", "tpm"}
 
@@ -58,6 +62,8 @@ class Settings:
     lease: float = 60.0
     backoff_base: float = 1.0
     backoff_max: float = 30.0
+    require_request_id: bool = False
+    key_format: str = "any"
 
     def __repr__(self) -> str:
         keys = ", ".join(key.id for key in self.keys)
@@ -74,6 +80,7 @@ class Settings:
         if not self.keys:
             raise ConfigError(f"no API keys: set {KEYS_ENV} (comma- or newline-separated) or pass "
                               "--keys-file PATH (one key a line)")
+        check_key_format(self.keys, required=self.key_format == "id:secret")
 
 
 def read_config_file(path: str | None) -> tuple[dict[str, Any], str | None]:
@@ -145,6 +152,8 @@ def build_settings(flags: dict[str, Any], config_path: str | None, environ: dict
         lease=_duration(pick("lease"), 60.0, "lease"),
         backoff_base=_duration(pick("backoff_base"), 1.0, "backoff_base"),
         backoff_max=_duration(pick("backoff_max"), 30.0, "backoff_max"),
+        require_request_id=_flag(pick("require_request_id"), "require_request_id"),
+        key_format=_choice(pick("key_format"), KEY_FORMATS, "key_format"),
     )
     if settings.lease < 2:
         raise ConfigError("lease must be at least 2s")
@@ -188,6 +197,22 @@ def _positive_int(value: Any, default: int, name: str) -> int:
     if number <= 0 or isinstance(value, bool):
         raise ConfigError(f"{name}: must be a positive whole number, not {value!r}")
     return number
+
+
+def _flag(value: Any, name: str) -> bool:
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        raise ConfigError(f"{name}: must be true or false, not {value!r}")
+    return value
+
+
+def _choice(value: Any, choices: tuple[str, ...], name: str) -> str:
+    if value is None:
+        return choices[0]
+    if value not in choices:
+        raise ConfigError(f"{name}: must be one of {', '.join(choices)}, not {value!r}")
+    return str(value)
 
 
 def _duration(value: Any, default: float, name: str) -> float:

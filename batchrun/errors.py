@@ -7,7 +7,13 @@
     ├── NoUsableKey                    every key is out of rotation; jobs stay queued (exit 4)
     ├── ProviderUnreachable            the provider cannot be reached or is misconfigured (exit 5)
     └── ProviderError                  one request failed; classified once, in provider.py
-        ├── TransientError             retry this job later (5xx, 503 no nodes, resets, timeouts, bad bodies)
+        ├── TransientError             retry this job later
+        │   ├── NoCapacity             503: no node can take the request now
+        │   ├── ServerError            another 5xx (or 408/409/425)
+        │   ├── ConnectionFailed       refused, reset or closed without an answer
+        │   ├── TimedOut               no answer within --request-timeout
+        │   ├── BadResponse            a 200 whose body is cut off, not JSON, or not a completion
+        │   ├── Unverified             a 200 without `request_id` under --require-request-id
         │   └── RateLimited            429: the key cools down, the job is retried
         ├── KeyUnusable                the key is at fault, not the job: take the key out, requeue the job
         │   ├── KeyRejected            401: revoked, expired, unknown or malformed key
@@ -90,12 +96,50 @@ class ProviderError(BatchrunError):
         self.status = status
         self.body = body
         self.retry_after = retry_after
+        #: the provider's `x-ratelimit-*` headers on this answer (a `provider.RateHint`), if any
+        self.rate_hint: Any = None
 
 
 class TransientError(ProviderError):
     """The provider failed for a reason that may pass; the job will be retried."""
 
     code = "transient"
+
+
+class NoCapacity(TransientError):
+    """The provider has no capacity right now (503: no node available)."""
+
+    code = "no_capacity"
+
+
+class ServerError(TransientError):
+    """The provider failed with a server error (5xx)."""
+
+    code = "server_error"
+
+
+class ConnectionFailed(TransientError):
+    """The connection failed or was closed before an answer."""
+
+    code = "connection_error"
+
+
+class TimedOut(TransientError):
+    """No answer within the request timeout."""
+
+    code = "timeout"
+
+
+class BadResponse(TransientError):
+    """A 200 whose body is not a complete chat completion; never recorded as a success."""
+
+    code = "bad_response"
+
+
+class Unverified(TransientError):
+    """A 200 without `request_id`, refused because --require-request-id is set."""
+
+    code = "unverified"
 
 
 class RateLimited(TransientError):

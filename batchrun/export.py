@@ -2,7 +2,11 @@
 
 One line per job, in input order:
     {"id", "custom_id", "response": {"status_code", "request_id", "body"}, "error": null,
-     "batchrun": {"model_requested", "model_served", "attempts", "key", "finish_reason"}}
+     "batchrun": {"model_requested", "model_sent", "model_served", "fallback", "attempts", "key",
+                  "finish_reason", "truncated", "unverified", "cost"}}
+`truncated` marks a result the model cut off at `max_tokens` (finish_reason `length`); `unverified` one
+that came without the provider's `request_id`; `fallback` says why another model was used (or null);
+`cost` is in USD from the catalogue's prices (null when unknown).
 Failed jobs (in the errors file) carry `"error": {"code", "message"}` and, where the provider
 answered, the last HTTP status and body under `response`.
 """
@@ -77,12 +81,18 @@ def atomic_output(path: str) -> Iterator[IO[bytes]]:
 
 
 def _extras(row: ExportRow) -> dict[str, Any]:
+    succeeded = row.state == "succeeded"
     return {
         "model_requested": row.model,
+        "model_sent": row.model_sent,
         "model_served": row.model_served,
+        "fallback": row.fallback_reason,
         "attempts": row.attempts,
         "key": row.key_id,
         "finish_reason": row.finish_reason,
+        "truncated": succeeded and row.finish_reason == "length",
+        "unverified": succeeded and not row.request_id,
+        "cost": row.cost,
     }
 
 

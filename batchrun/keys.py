@@ -14,9 +14,10 @@ from pathlib import Path
 
 from aiolimiter import AsyncLimiter
 
+from batchrun.adaptive import RateAdapter
 from batchrun.errors import ConfigError
 from batchrun.keyid import key_id
-from batchrun.units import Rate
+from batchrun.units import Rate, format_period
 
 #: states in which a key takes requests
 USABLE_STATES = ("active", "cooling")
@@ -58,6 +59,34 @@ def parse_keys(text: str, source: str) -> list[ApiKey]:
             seen[name] = token
             keys.append(ApiKey(name, token))
     return keys
+
+
+ID_SECRET_FORM = "`<access_key_id>:<secret>` (the full token, including the colon)"
+
+
+def check_key_format(keys: Iterable[ApiKey], required: bool = False) -> None:
+    """Catch malformed keys before the first request, naming the key by its id, never its secret.
+
+    A key with a colon must have both halves. With `required` (`key_format = "id:secret"`) every key
+    must have the `<access_key_id>:<secret>` form; without it, a key list where some keys have that
+    form and others do not is a half-copied key (PrivateMind: "don't send just the first half").
+    """
+    keys = list(keys)
+    shaped = [key for key in keys if _id_secret(key.token)]
+    for key in keys:
+        if ":" in key.token and not _id_secret(key.token):
+            raise ConfigError(f"key {key.id} has an empty half around its colon; a key must be {ID_SECRET_FORM}")
+    odd = [key.id for key in keys if not _id_secret(key.token)]
+    if odd and (required or shaped):
+        why = ("key_format is id:secret" if required
+               else f"the other {len(shaped)} key(s) have that form")
+        raise ConfigError(f"key(s) {', '.join(odd)} are not {ID_SECRET_FORM}, and {why}: "
+                          "copy the whole token from Settings → API Keys")
+
+
+def _id_secret(token: str) -> bool:
+    access_id, colon, secret = token.partition(":")
+    return bool(colon and access_id and secret)
 
 
 def read_keys_file(path: str) -> list[ApiKey]:
@@ -151,8 +180,57 @@ class KeyLane:
         self.succeeded = 0
         self.rate_limited = 0
         self.errors = 0
-        self._limiter = request_limiter(limits.rate) if limits.rate else None
+        rate = limits.rate
+        # Lowers the key's rate when it keeps hitting 429 below its configured rate; raises it back slowly.
+        self.adapter = RateAdapter(rate.count / rate.period if rate else None, period=rate.period if rate else 1.0)
+        self._limiter = request_limiter(rate) if rate else None
         self._tokens = TokenWindow(limits.tokens) if limits.tokens else None
+
+    @property
+    def rate_configured(self) -> str | None:
+        return str(self.limits.rate) if self.limits.rate else None
+
+    @property
+    def rate_adapted(self) -> str | None:
+        """The lowered rate in force, as `N/period` in the configured period (per second otherwise)."""
+        adapted = self.adapter.adapted
+        if adapted is None:
+            return None
+        period = self.limits.rate.period if self.limits.rate else 1.0
+        return f"{adapted * period:.3g}/{format_period(period)}"
+
+    def sent(self) -> None:
+        self.requests += 1
+        self.adapter.sent(time.monotonic())
+
+    def on_rate_limited(self) -> str | None:
+        """A 429 for this key: maybe lower its rate. Returns what changed, for the log."""
+        self.rate_limited += 1
+        self.consecutive_429 += 1
+        change = self.adapter.rate_limited(time.monotonic())
+        if change:
+            self._apply_rate()
+        return change
+
+    def on_success(self) -> str | None:
+        self.succeeded += 1
+        self.consecutive_429 = 0
+        change = self.adapter.succeeded(time.monotonic())
+        if change:
+            self._apply_rate()
+        return change
+
+    def _apply_rate(self) -> None:
+        adapted = self.adapter.adapted
+        if adapted is not None:
+            self._limiter = AsyncLimiter(1, 1.0 / adapted)
+        else:
+            self._limiter = request_limiter(self.limits.rate) if self.limits.rate else None
+
+    def pause(self, seconds: float) -> None:
+        """The provider said this key's window is used up (`x-ratelimit-remaining-*: 0`): send nothing
+        until it resets. Not a 429, so the key's state does not change."""
+        self.cooling_until = max(self.cooling_until, time.monotonic() + seconds)
 
     @property
     def usable(self) -> bool:

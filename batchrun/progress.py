@@ -63,13 +63,39 @@ async def show_live(stats: RunStats, lanes: Sequence[KeyLane], stream: IO[str] |
 
 
 def summary_lines(report: RunReport) -> list[str]:
+    """The closing summary: what a user reading a cron log at 08:00 needs, in a few lines."""
     stats = report.stats
     rate = stats.finished / report.duration if report.duration > 0 else 0.0
     failed = ", ".join(f"{code}: {n}" for code, n in sorted(stats.failed_by_code.items())) or "none"
-    return [
+    lines = [
         f"succeeded: {stats.succeeded}  failed: {stats.failed} ({failed})  left: {report.left}",
-        f"requests: {stats.requests}  retries: {stats.retried}  429s: {stats.rate_limited}",
-        f"tokens: {stats.prompt_tokens} prompt + {stats.completion_tokens} completion",
-        f"duration: {report.duration:.1f}s  mean rate: {rate:.1f} jobs/s",
-        f"exit {report.exit_code}: {report.meaning}" + (f" — {report.reason}" if report.reason else ""),
+        f"requests: {stats.requests}  retries: {stats.retried}  429s: {stats.rate_limited}"
+        + (f"  unverified (no request_id): {stats.unverified}" if stats.unverified else "")
+        + (f"  truncated (finish_reason length): {stats.truncated}" if stats.truncated else ""),
+        f"tokens: {stats.prompt_tokens} prompt + {stats.completion_tokens} completion  cost: "
+        + format_cost(stats.cost if stats.succeeded > stats.unpriced else None, stats.unpriced),
     ]
+    for model, (requests, prompt, completion, cost) in sorted(stats.by_model.items()):
+        lines.append(f"  model {model}: {requests} requests, {prompt} + {completion} tokens, "
+                     + format_cost(cost, 0))
+    for lane in report.lanes:
+        if lane.requests or not lane.usable:
+            rate_text = ""
+            if lane.rate_adapted:
+                rate_text = f", rate lowered to {lane.rate_adapted} (configured {lane.rate_configured or 'none'})"
+            lines.append(f"  key {lane.key.id}: {lane.state}, {lane.requests} requests, "
+                         f"{lane.rate_limited} 429s, {lane.errors} errors{rate_text}")
+    if stats.failed_by_code.get("no_capacity"):
+        lines.append(f"the provider had no capacity (503) for {stats.failed_by_code['no_capacity']} job(s), "
+                     "even after every retry; run again later")
+    if stats.breaker_trips:
+        lines.append(f"most requests failed at times: concurrency was reduced {stats.breaker_trips} time(s)")
+    lines.append(f"duration: {report.duration:.1f}s  mean rate: {rate:.1f} jobs/s")
+    lines.append(f"exit {report.exit_code}: {report.meaning}" + (f" — {report.reason}" if report.reason else ""))
+    return lines
+
+
+def format_cost(cost: float | None, unpriced: int) -> str:
+    """`$0.0123`, `unknown` (no prices in the catalogue), plus how many results had no price."""
+    text = "unknown" if cost is None else f"${cost:.4f}"
+    return text + (f" ({unpriced} result(s) without a catalogue price)" if unpriced and cost is not None else "")

@@ -8,6 +8,7 @@ Authorization header or the key into a message.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import email.utils
 import logging
 import math
@@ -21,16 +22,22 @@ import orjson
 
 from batchrun.errors import (
     BadRequest,
+    BadResponse,
+    ConnectionFailed,
     EndpointNotFound,
     KeyBudgetExhausted,
     KeyModelForbidden,
     KeyRejected,
     ModelNotFound,
+    NoCapacity,
     OrgBudgetExhausted,
     ProviderError,
     ProviderUnreachable,
     RateLimited,
+    ServerError,
+    TimedOut,
     TransientError,
+    Unverified,
     ValidationFailed,
 )
 from batchrun.keys import ApiKey
@@ -38,6 +45,24 @@ from batchrun.keys import ApiKey
 log = logging.getLogger(__name__)
 
 _MAX_MESSAGE = 500
+
+
+@dataclass(frozen=True, slots=True)
+class RateHint:
+    """What a provider's `x-ratelimit-remaining-*` / `x-ratelimit-reset-*` headers say about a key."""
+
+    remaining_requests: int | None = None
+    reset_requests: float | None = None
+    remaining_tokens: int | None = None
+    reset_tokens: float | None = None
+
+    @property
+    def exhausted_for(self) -> float | None:
+        """Seconds until the key may send again when a window is used up, else None."""
+        waits = [reset for remaining, reset in ((self.remaining_requests, self.reset_requests),
+                                                (self.remaining_tokens, self.reset_tokens))
+                 if remaining is not None and remaining <= 0 and reset is not None and reset > 0]
+        return max(waits) if waits else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,13 +77,21 @@ class Completion:
     prompt_tokens: int | None
     completion_tokens: int | None
     total_tokens: int | None
+    rate_hint: RateHint | None = None
+
+    @property
+    def truncated(self) -> bool:
+        """The model stopped at `max_tokens` (or the context window): a success, but marked."""
+        return self.finish_reason == "length"
 
 
 class ProviderClient:
     """One aiohttp session for a whole run; requests carry the key they are sent with."""
 
-    def __init__(self, base_url: str, *, request_timeout: float = 600.0, connections: int = 100) -> None:
+    def __init__(self, base_url: str, *, request_timeout: float = 600.0, connections: int = 100,
+                 require_request_id: bool = False) -> None:
         self.base_url = base_url.rstrip("/")
+        self.require_request_id = require_request_id
         self._completions_url = f"{self.base_url}/chat/completions"
         self._models_url = f"{self.base_url}/models"
         self._timeout = request_timeout
@@ -98,9 +131,17 @@ class ProviderClient:
     async def complete(self, key: ApiKey, body: bytes) -> Completion:
         """Send one chat completion; return it, or raise the classified `ProviderError`."""
         status, headers, text = await self._request("POST", self._completions_url, key, body)
+        hint = rate_hint(headers)
         if status == 200:
-            return parse_completion(text)
-        raise classify(status, headers, text)
+            try:
+                completion = parse_completion(text, require_request_id=self.require_request_id)
+            except ProviderError as error:
+                error.rate_hint = hint
+                raise
+            return completion if hint is None else dataclasses.replace(completion, rate_hint=hint)
+        failure = classify(status, headers, text)
+        failure.rate_hint = hint
+        raise failure
 
     async def list_models(self, key: ApiKey) -> list[dict[str, Any]]:
         """`GET {base}/models`. Connection failures here mean the provider cannot be reached at all."""
@@ -130,38 +171,46 @@ class ProviderClient:
                 raw = await resp.read()
                 return resp.status, resp.headers, raw.decode("utf-8", errors="replace")
         except asyncio.TimeoutError as exc:
-            raise TransientError(f"no answer within {self._timeout:g} s (timeout)") from exc
+            raise TimedOut(f"no answer within {self._timeout:g} s (timeout; see --request-timeout)") from exc
         except aiohttp.ClientPayloadError as exc:
-            raise TransientError(f"the response was cut off: {exc}") from exc
+            raise BadResponse(f"the response was cut off: {exc}") from exc
         except aiohttp.ServerDisconnectedError as exc:
-            raise TransientError("the provider closed the connection without an answer") from exc
+            raise ConnectionFailed("the provider closed the connection without an answer") from exc
         except aiohttp.ClientConnectorError as exc:
-            raise TransientError(f"cannot connect to {exc.host}:{exc.port}: {exc.strerror or exc.os_error}") from exc
+            raise ConnectionFailed(
+                f"cannot connect to {exc.host}:{exc.port}: {exc.strerror or exc.os_error}") from exc
         except aiohttp.InvalidURL as exc:
             raise ProviderUnreachable(f"invalid base URL {self.base_url!r}") from exc
         except (aiohttp.ClientError, OSError) as exc:
-            raise TransientError(f"connection failed: {type(exc).__name__}: {exc}") from exc
+            raise ConnectionFailed(f"connection failed: {type(exc).__name__}: {exc}") from exc
 
 
-def parse_completion(text: str) -> Completion:
-    """A 200 body that is a complete chat completion, or `TransientError` (it will be retried)."""
+def parse_completion(text: str, *, require_request_id: bool = False) -> Completion:
+    """A 200 body that is a complete chat completion, or a `TransientError` (it will be retried).
+
+    A completion without `request_id` is accepted (and counted as unverified) unless
+    `require_request_id`: the Pinaivu docs say a missing id means the request likely did not complete.
+    """
     try:
         payload = orjson.loads(text)
     except orjson.JSONDecodeError as exc:
-        raise TransientError(f"200 with a body that is not JSON ({exc}); treated as a failed attempt",
-                             status=200, body=_clip(text)) from None
+        raise BadResponse(f"200 with a body that is not JSON ({exc}); treated as a failed attempt",
+                          status=200, body=_clip(text)) from None
     if not isinstance(payload, dict):
-        raise TransientError("200 with a body that is not a chat completion object; treated as a failed attempt",
-                             status=200, body=_clip(text))
+        raise BadResponse("200 with a body that is not a chat completion object; treated as a failed attempt",
+                          status=200, body=_clip(text))
     choices = payload.get("choices")
     first = choices[0] if isinstance(choices, list) and choices and isinstance(choices[0], dict) else None
     message = first.get("message") if first else None
     if not isinstance(message, dict) or ("content" not in message and "tool_calls" not in message):
-        raise TransientError("200 with an incomplete chat completion (no choices[0].message); "
-                             "treated as a failed attempt", status=200, body=_clip(text))
+        raise BadResponse("200 with an incomplete chat completion (no choices[0].message); "
+                          "treated as a failed attempt", status=200, body=_clip(text))
     raw_usage = payload.get("usage")
     usage: dict[str, Any] = raw_usage if isinstance(raw_usage, dict) else {}
     request_id = payload.get("request_id")
+    if require_request_id and not (isinstance(request_id, str) and request_id):
+        raise Unverified("200 without request_id: the provider's docs say the request likely did not "
+                         "complete; retried because --require-request-id is set", status=200, body=_clip(text))
     return Completion(
         status=200,
         body=text,
@@ -183,7 +232,13 @@ def classify(status: int, headers: Any, text: str) -> ProviderError:
     lowered = f"{code} {message}".lower()
     if status == 401:
         state = "revoked" if "revoked" in lowered else "expired" if "expired" in lowered else "invalid"
-        return KeyRejected(f"the provider rejected the key (401 {state}): {message}",
+        hint = "look for its status in Settings → API Keys"
+        if "format" in lowered or "malformed" in lowered:
+            hint = ("a key must be the full token `<access_key_id>:<secret>`, including the colon, "
+                    "with no whitespace")
+        elif "missing" in lowered:
+            hint = "the request reached the provider without a key"
+        return KeyRejected(f"the provider rejected the key (401 {state}): {message} — {hint}",
                            key_state=state, status=status, body=body)
     if status == 402:
         if _is_org_budget(code, message):
@@ -204,13 +259,36 @@ def classify(status: int, headers: Any, text: str) -> ProviderError:
     if status == 429:
         return RateLimited(f"rate limited (429): {message}", status=status, body=body,
                            retry_after=retry_after(headers))
+    if status == 503:
+        return NoCapacity(f"the provider has no capacity (503): {message}", status=status, body=body,
+                          retry_after=retry_after(headers))
     if status in (408, 409, 425) or status >= 500:
-        what = "no capacity" if status == 503 else "server error"
-        return TransientError(f"{what} ({status}): {message}", status=status, body=body,
-                              retry_after=retry_after(headers) if status == 503 else None)
+        return ServerError(f"server error ({status}): {message}", status=status, body=body)
     if 400 <= status < 500:
         return BadRequest(f"bad request ({status}): {message}", status=status, body=body)
     return TransientError(f"unexpected status {status}: {message}", status=status, body=body)
+
+
+def rate_hint(headers: Any) -> RateHint | None:
+    """`x-ratelimit-remaining-requests` / `-tokens` and their `x-ratelimit-reset-*`, if sent."""
+    if headers is None:
+        return None
+    def reset(name: str) -> float | None:
+        value = headers.get(f"x-ratelimit-reset-{name}")
+        return _reset_seconds(value) if value else None
+
+    hint = RateHint(_int_text(headers.get("x-ratelimit-remaining-requests")), reset("requests"),
+                    _int_text(headers.get("x-ratelimit-remaining-tokens")), reset("tokens"))
+    return None if hint == RateHint() else hint
+
+
+def _int_text(value: str | None) -> int | None:
+    if not value:
+        return None
+    try:
+        return int(float(value.strip()))
+    except ValueError:
+        return None
 
 
 def provider_message(payload: Any, text: str) -> str:

@@ -28,19 +28,23 @@ from typing import Any, TypeVar
 
 import orjson
 
+from batchrun.breaker import CircuitBreaker
+from batchrun.catalog import Catalog, parse_catalog
 from batchrun.errors import (
     BatchrunError,
     ConfigError,
     EndpointNotFound,
+    KeyModelForbidden,
     KeyUnusable,
     NoUsableKey,
     ProviderError,
     ProviderUnreachable,
     RateLimited,
+    TransientError,
 )
 from batchrun.exitcodes import EXIT_MEANINGS
 from batchrun.keys import KeyLane
-from batchrun.provider import ProviderClient
+from batchrun.provider import Completion, ProviderClient, RateHint
 from batchrun.retry import FAIL, REQUEUE, RETRY, Decision, RetryPolicy
 from batchrun.store import ClaimedJob, Failed, Outcome, Retry, Store, Succeeded
 
@@ -71,8 +75,30 @@ class RunStats:
     requests: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    unverified: int = 0
+    truncated: int = 0
+    cost: float = 0.0
+    unpriced: int = 0
+    breaker_trips: int = 0
     failed_by_code: dict[str, int] = field(default_factory=dict)
+    #: model served -> [requests, prompt tokens, completion tokens, cost or None when unknown]
+    by_model: dict[str, list[Any]] = field(default_factory=dict)
     started: float = field(default_factory=time.monotonic)
+
+    def add_usage(self, model: str, completion: Completion, cost: float | None) -> None:
+        self.prompt_tokens += completion.prompt_tokens or 0
+        self.completion_tokens += completion.completion_tokens or 0
+        entry = self.by_model.setdefault(model, [0, 0, 0, 0.0])
+        entry[0] += 1
+        entry[1] += completion.prompt_tokens or 0
+        entry[2] += completion.completion_tokens or 0
+        if cost is None:
+            self.unpriced += 1
+            entry[3] = None
+        else:
+            self.cost += cost
+            if entry[3] is not None:
+                entry[3] += cost
 
     @property
     def finished(self) -> int:
@@ -86,6 +112,7 @@ class RunReport:
     stats: RunStats
     duration: float
     left: int
+    lanes: tuple[KeyLane, ...] = ()
 
     @property
     def meaning(self) -> str:
@@ -114,6 +141,10 @@ class Runner:
         self._stop_reason = ""
         self._in_flight: set[asyncio.Task[None]] = set()
         self._slots = asyncio.Semaphore(options.concurrency)
+        self._slot_freed = asyncio.Event()
+        # Cuts concurrency when most recent requests fail transiently (an outage), then ramps back.
+        self.breaker = CircuitBreaker(options.concurrency)
+        self.catalog = Catalog([])
 
     # --- public ---
 
@@ -123,7 +154,7 @@ class Runner:
             self._stop_reason = reason
             self._stop_error = error
             self._stop.set()
-            log.warning("stopping: %s", reason)
+            log.warning("stopping: %s", error or reason)
 
     def abort(self) -> None:
         """Stop now: also cancel the requests in flight. Their jobs go back to the queue unanswered."""
@@ -165,7 +196,12 @@ class Runner:
         counts = await self._call(self._store.counts, self._batch_id)
         self.stats.total = sum(c.total - c.cancelled for c in counts)
         self.stats.done_before = sum(c.succeeded + c.failed for c in counts)
+        known = await self._call(self._store.key_records)
         for lane in self.lanes:
+            record = known.get(lane.key.id)
+            if lane.usable and record is not None and record.state != "active":
+                # `budget` is tried again each run (caps get raised, org budgets reset)
+                await self._call(self._store.set_key_state, lane.key.id, "active", None)
             if not lane.usable:
                 log.warning("key %s is %s (%s); not used — `batchrun keys reset %s` brings it back",
                             lane.key.id, lane.state, lane.reason or "no reason recorded", lane.key.id)
@@ -181,7 +217,7 @@ class Runner:
             if not lane.usable:
                 continue
             try:
-                await self._client.list_models(lane.key)
+                await self._refresh_catalog(lane)
                 return
             except KeyUnusable as exc:
                 await self._retire(lane, exc)
@@ -193,6 +229,13 @@ class Runner:
                 return
         if not any(lane.usable for lane in self.lanes):
             self.request_stop("no usable API key", self._no_key_error())
+
+    async def _refresh_catalog(self, lane: KeyLane) -> None:
+        entries = await self._client.list_models(lane.key)
+        self.catalog = parse_catalog(entries, time.time())
+        if self.catalog:
+            await self._call(self._store.save_catalog, list(self.catalog.entries.values()))
+            log.info("catalogue: %s", self.catalog.describe())
 
     async def _work(self) -> None:
         writer = asyncio.create_task(self._write_loop(), name="writer")
@@ -232,8 +275,12 @@ class Runner:
             code, reason = 1, f"{failed} job(s) failed"
         else:
             code, reason = 0, "all jobs succeeded"
+        for lane in self.lanes:
+            if lane.requests:
+                await self._call(self._store.save_key_run, lane.key.id, lane.requests, lane.rate_limited,
+                                 lane.errors, lane.rate_configured, lane.rate_adapted)
         await self._call(self._store.finish_runner, self.owner, code, reason)
-        return RunReport(code, reason, self.stats, time.monotonic() - started, left)
+        return RunReport(code, reason, self.stats, time.monotonic() - started, left, tuple(self.lanes))
 
     # --- loops ---
 
@@ -271,9 +318,14 @@ class Runner:
             if self._jobs.qsize() < self._options.concurrency:
                 self._need_jobs.set()
             if job.model in lane.forbidden_models or not lane.usable:
+                if not self._someone_may_serve(job.model):
+                    self._fail_unservable(job)
+                    continue
                 self._jobs.put_nowait(job)
                 await asyncio.sleep(0.05)
                 continue
+            while len(self._in_flight) >= self.breaker.limit and not self._stop.is_set():
+                await self._wait(self._slot_freed, 0.5)  # the breaker is open: fewer requests at once
             try:
                 await self._slots.acquire()
             except BaseException:
@@ -285,37 +337,33 @@ class Runner:
                 self._slots.release()
                 self._jobs.put_nowait(job)
                 raise
-            if not lane.usable or lane.cooling or self._stop.is_set():
-                # A 429 or a 401 arrived while this lane waited for its limiter, or the run is stopping.
+            if not lane.usable or lane.cooling or job.model in lane.forbidden_models or self._stop.is_set():
+                # A 429, 401 or 403 arrived while this lane waited for its limiter, or the run is stopping.
                 self._slots.release()
                 self._jobs.put_nowait(job)
                 continue
             task = asyncio.create_task(self._attempt(lane, job, reservation))
             self._in_flight.add(task)
-            task.add_done_callback(self._in_flight.discard)
+            task.add_done_callback(self._request_done)
+
+    def _request_done(self, task: asyncio.Task[None]) -> None:
+        self._in_flight.discard(task)
+        self._slot_freed.set()
 
     async def _attempt(self, lane: KeyLane, job: ClaimedJob, reservation: list[float] | None) -> None:
         attempt = job.attempts + 1
-        lane.requests += 1
+        sent_at = time.monotonic()
+        lane.sent()
         self.stats.requests += 1
         outcome: Outcome | None = None
         try:
             completion = await self._client.complete(lane.key, job.body.encode())
         except ProviderError as error:
-            outcome = await self._on_error(lane, job, attempt, error)
+            outcome = await self._on_error(lane, job, attempt, error, sent_at)
         except Exception:  # a bug must not lose the job: it stays leased and is released at the end
             log.exception("unexpected error sending job %s", job.custom_id)
         else:
-            lane.succeeded += 1
-            lane.consecutive_429 = 0
-            lane.settle_tokens(reservation, completion.total_tokens or _estimate_tokens(job))
-            outcome = Succeeded(job.id, attempt, lane.key.id, completion.status, completion.request_id,
-                                completion.body, completion.model, completion.finish_reason,
-                                completion.prompt_tokens, completion.completion_tokens, completion.total_tokens)
-            self.stats.succeeded += 1
-            self.stats.prompt_tokens += completion.prompt_tokens or 0
-            self.stats.completion_tokens += completion.completion_tokens or 0
-            log.debug("job %s succeeded on key %s (attempt %d)", job.custom_id, lane.key.id, attempt)
+            outcome = self._on_success(lane, job, attempt, completion, reservation, sent_at)
         finally:
             # released before the outcome is queued: the slot is for requests in flight, not for writes
             self._slots.release()
@@ -323,9 +371,34 @@ class Runner:
             self._unwritten += 1
             self._outcomes.put_nowait(outcome)
 
-    async def _on_error(self, lane: KeyLane, job: ClaimedJob, attempt: int, error: ProviderError) -> Outcome | None:
+    def _on_success(self, lane: KeyLane, job: ClaimedJob, attempt: int, completion: Completion,
+                    reservation: list[float] | None, sent_at: float) -> Succeeded:
+        self._note_key_change(lane, lane.on_success())
+        self._obey_hint(lane, completion.rate_hint)
+        self._note_breaker(False, sent_at)
+        lane.settle_tokens(reservation, completion.total_tokens or _estimate_tokens(job))
+        served = completion.model or job.model
+        model = self.catalog.resolve(served) or self.catalog.resolve(job.model)
+        cost = model.cost(completion.prompt_tokens, completion.completion_tokens) if model else None
+        self.stats.succeeded += 1
+        self.stats.add_usage(served, completion, cost)
+        if completion.request_id is None:
+            self.stats.unverified += 1
+        if completion.truncated:
+            self.stats.truncated += 1
+        log.debug("job %s succeeded on key %s (attempt %d)", job.custom_id, lane.key.id, attempt)
+        return Succeeded(job.id, attempt, lane.key.id, completion.status, completion.request_id,
+                         completion.body, completion.model, completion.finish_reason,
+                         completion.prompt_tokens, completion.completion_tokens, completion.total_tokens,
+                         cost=cost, model_sent=job.model)
+
+    async def _on_error(self, lane: KeyLane, job: ClaimedJob, attempt: int, error: ProviderError,
+                        sent_at: float) -> Outcome | None:
         if isinstance(error, RateLimited):
-            lane.consecutive_429 += 1
+            self._note_key_change(lane, lane.on_rate_limited())
+        self._obey_hint(lane, error.rate_hint)
+        # A 429 is the key's business (its rate adapts), not a sign the provider is down.
+        self._note_breaker(isinstance(error, TransientError) and not isinstance(error, RateLimited), sent_at)
         decision = self._options.policy.decide(error, attempt, self._rng, key_strikes=lane.consecutive_429)
         log.debug("job %s attempt %d on key %s: %s -> %s", job.custom_id, attempt, lane.key.id, error, decision.job)
         lane.errors += 1
@@ -333,14 +406,15 @@ class Runner:
         if decision.stop_run:
             self.request_stop(str(error), error)
         response = _response_text(error)
-        if decision.job == FAIL or (decision.key_action == "forbid" and not self._someone_may_serve(job.model)):
-            code = decision.code or error.code
+        if decision.key_action == "forbid" and not self._someone_may_serve(job.model):
+            return self._failed(job, attempt, lane.key.id, error.status, response, error.code,
+                                self._unservable_message(job.model, error))
+        if decision.job == FAIL:
             message = str(error)
-            if decision.key_action == "forbid":
-                message = f"no key may use model {job.model!r}: {error}"
-            self.stats.failed += 1
-            self.stats.failed_by_code[code] = self.stats.failed_by_code.get(code, 0) + 1
-            return Failed(job.id, attempt, lane.key.id, error.status, response, code, message)
+            if isinstance(error, TransientError):
+                message = f"{error} — gave up after {attempt} attempt(s) (--max-attempts)"
+            return self._failed(job, attempt, lane.key.id, error.status, response, decision.code or error.code,
+                                message)
         if decision.job == RETRY:
             self.stats.retried += 1
             return Retry(job.id, attempt, time.time() + decision.delay, lane.key.id, error.status, response,
@@ -348,9 +422,44 @@ class Runner:
         assert decision.job == REQUEUE
         return Retry(job.id, job.attempts, time.time(), lane.key.id, error.status, response, error.code, str(error))
 
+    def _failed(self, job: ClaimedJob, attempts: int, key_id: str | None, status: int | None,
+                response: str | None, code: str, message: str) -> Failed:
+        self.stats.failed += 1
+        self.stats.failed_by_code[code] = self.stats.failed_by_code.get(code, 0) + 1
+        return Failed(job.id, attempts, key_id, status, response, code, message)
+
+    def _fail_unservable(self, job: ClaimedJob) -> None:
+        """Every usable key got a 403 for this job's model: fail it without another request."""
+        outcome = self._failed(job, job.attempts, None, 403, None, KeyModelForbidden.code,
+                               self._unservable_message(job.model, None))
+        self._unwritten += 1
+        self._outcomes.put_nowait(outcome)
+
+    def _unservable_message(self, model: str, error: ProviderError | None) -> str:
+        refused = ", ".join(lane.key.id for lane in self.lanes if model in lane.forbidden_models)
+        text = (f"no key may use model {model!r} (403 for key(s) {refused}; the model is not in their "
+                f"allowed list). The catalogue offers: {self.catalog.describe()}")
+        return f"{text}. Last answer: {error}" if error is not None else text
+
+    def _note_key_change(self, lane: KeyLane, change: str | None) -> None:
+        if change:
+            log.warning("key %s: %s", lane.key.id, change)
+
+    def _obey_hint(self, lane: KeyLane, hint: RateHint | None) -> None:
+        wait = hint.exhausted_for if hint is not None else None
+        if wait is not None:
+            lane.pause(wait)
+
+    def _note_breaker(self, failed: bool, sent_at: float) -> None:
+        before = self.breaker.trips
+        change = self.breaker.record(failed, time.monotonic(), started=sent_at)
+        if change:
+            self.stats.breaker_trips = self.breaker.trips
+            (log.warning if self.breaker.trips > before else log.info)("%s", change)
+            self._slot_freed.set()
+
     async def _act_on_key(self, lane: KeyLane, job: ClaimedJob, error: ProviderError, decision: Decision) -> None:
         if decision.key_action == "cool":
-            lane.rate_limited += 1
             self.stats.rate_limited += 1
             lane.cool_down(decision.key_cooldown)
             log.info("key %s rate limited; cooling down for %.1f s", lane.key.id, decision.key_cooldown)
@@ -372,7 +481,13 @@ class Runner:
 
     def _no_key_error(self) -> NoUsableKey:
         states = ", ".join(f"{lane.key.id}: {lane.state}" for lane in self.lanes)
-        return NoUsableKey(f"no usable API key left ({states}); the remaining jobs stay queued")
+        if all(lane.state == "budget" for lane in self.lanes):
+            return NoUsableKey(
+                f"every key's budget is spent (402 for each: {states}): the organisation's monthly budget "
+                "may be spent (talk to your org admin) or each key's cap is reached (raise it in "
+                "Settings → API Keys); the remaining jobs stay queued")
+        return NoUsableKey(f"no usable API key left ({states}); the remaining jobs stay queued — "
+                           "check the keys in Settings → API Keys, then `batchrun keys reset ID`")
 
     def _someone_may_serve(self, model: str) -> bool:
         return any(lane.usable and model not in lane.forbidden_models for lane in self.lanes)

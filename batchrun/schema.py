@@ -10,6 +10,7 @@ from typing import cast
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     Float,
     ForeignKey,
     Index,
@@ -23,7 +24,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 #: the newest migration in migrations/versions; a test keeps the two in step
-SCHEMA_REVISION = "0001"
+SCHEMA_REVISION = "0002"
 
 # SQLite only makes INTEGER PRIMARY KEY an alias of the rowid (and so auto-incrementing).
 Id = BigInteger().with_variant(Integer(), "sqlite")
@@ -85,11 +86,16 @@ class JobRow(Base):
     error_code: Mapped[str | None] = mapped_column(String(64), nullable=True)
     error_message: Mapped[str | None] = mapped_column(Text, nullable=True)
     model_served: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    # The model id actually sent, after alias and fallback resolution; why a fallback was used.
+    model_sent: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    fallback_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
     finish_reason: Mapped[str | None] = mapped_column(String(32), nullable=True)
     prompt_tokens: Mapped[int | None] = mapped_column(Integer, nullable=True)
     completion_tokens: Mapped[int | None] = mapped_column(Integer, nullable=True)
     total_tokens: Mapped[int | None] = mapped_column(Integer, nullable=True)
     finished_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    # USD of this job's usage at the catalogue's prices; None = unknown (no price or no usage).
+    cost: Mapped[float | None] = mapped_column(Float, nullable=True)
 
 
 class KeyRow(Base):
@@ -102,6 +108,31 @@ class KeyRow(Base):
     state: Mapped[str] = mapped_column(String(16), default="active")
     reason: Mapped[str | None] = mapped_column(Text, nullable=True)
     since: Mapped[float] = mapped_column(Float)
+
+    # The last run that used the key: its counts, when it ran, and its rate as configured and as
+    # adapted to the provider's 429s (display strings such as "20/1s").
+    requests: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    rate_limited: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    errors: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    last_run_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    rate_configured: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    rate_adapted: Mapped[str | None] = mapped_column(String(64), nullable=True)
+
+
+class ModelRow(Base):
+    """One entry of the provider's model catalogue as last fetched; None columns are unknown."""
+
+    __tablename__ = "models"
+
+    id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    alias_for: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    context_length: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    # A JSON list of strings.
+    supported_parameters: Mapped[str | None] = mapped_column(Text, nullable=True)
+    response_format: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
+    prompt_price: Mapped[float | None] = mapped_column(Float, nullable=True)  # USD per token
+    completion_price: Mapped[float | None] = mapped_column(Float, nullable=True)  # USD per token
+    fetched_at: Mapped[float] = mapped_column(Float)
 
 
 class RunnerRow(Base):
@@ -124,4 +155,5 @@ jobs = cast(Table, JobRow.__table__)
 batches = cast(Table, BatchRow.__table__)
 api_keys = cast(Table, KeyRow.__table__)
 runners = cast(Table, RunnerRow.__table__)
+models = cast(Table, ModelRow.__table__)
 metadata = Base.metadata

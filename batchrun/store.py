@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import Any, Protocol
 
+import orjson
 from sqlalchemy import (
     Connection,
     Engine,
@@ -36,10 +37,11 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+from sqlalchemy.exc import ArgumentError, IntegrityError, SQLAlchemyError
 
+from batchrun.catalog import Catalog, ModelInfo
 from batchrun.errors import StoreError
-from batchrun.schema import SCHEMA_REVISION, api_keys, batches, jobs, runners
+from batchrun.schema import SCHEMA_REVISION, api_keys, batches, jobs, models, runners
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +102,9 @@ class Succeeded:
     prompt_tokens: int | None
     completion_tokens: int | None
     total_tokens: int | None
+    cost: float | None = None  # USD; None = unknown (no price or no usage)
+    model_sent: str | None = None  # the model id sent, after alias/fallback resolution
+    fallback_reason: str | None = None  # why a fallback model was sent; None if none was
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +116,8 @@ class Failed:
     response: str | None
     error_code: str
     error_message: str
+    model_sent: str | None = None
+    fallback_reason: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,6 +151,11 @@ class BatchCounts:
     completion_tokens: int
     total_tokens: int
     failed_by_code: dict[str, int]
+    unverified: int = 0  # succeeded without a provider request id
+    truncated: int = 0  # succeeded with finish_reason "length"
+    fallbacks: int = 0  # succeeded on a fallback model
+    cost: float = 0.0  # USD of the jobs whose cost is known
+    priced: int = 0  # succeeded jobs whose cost is known
 
     @property
     def retries(self) -> int:
@@ -181,14 +193,41 @@ class ExportRow:
     error_code: str | None
     error_message: str | None
     finish_reason: str | None
+    model_sent: str | None = None
+    fallback_reason: str | None = None
+    cost: float | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    total_tokens: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class UsageRow:
+    """Usage of succeeded jobs under one key or one model."""
+
+    name: str
+    requests: int
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+    cost: float  # USD of the `priced` jobs
+    priced: int  # jobs whose cost is known
 
 
 @dataclass(frozen=True, slots=True)
 class KeyRecord:
+    """A key's sticky state and the counts of the last run that used it."""
+
     id: str
     state: str
     reason: str | None
     since: float
+    requests: int = 0
+    rate_limited: int = 0
+    errors: int = 0
+    last_run_at: float | None = None
+    rate_configured: str | None = None
+    rate_adapted: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -382,12 +421,15 @@ class Store:
                     "response": outcome.response, "model_served": outcome.model_served,
                     "finish_reason": outcome.finish_reason, "prompt_tokens": outcome.prompt_tokens,
                     "completion_tokens": outcome.completion_tokens, "total_tokens": outcome.total_tokens,
+                    "cost": outcome.cost, "model_sent": outcome.model_sent,
+                    "fallback_reason": outcome.fallback_reason,
                 })
             elif isinstance(outcome, Failed):
                 failed.append({
                     "b_id": outcome.job_id, "attempts": outcome.attempts, "key_id": outcome.key_id,
                     "status_code": outcome.status_code, "response": outcome.response,
                     "error_code": outcome.error_code, "error_message": outcome.error_message,
+                    "model_sent": outcome.model_sent, "fallback_reason": outcome.fallback_reason,
                 })
             else:
                 retried.append({
@@ -498,21 +540,74 @@ class Store:
 
     def key_records(self) -> dict[str, KeyRecord]:
         with self._read() as conn:
-            rows = conn.execute(select(api_keys.c.id, api_keys.c.state, api_keys.c.reason, api_keys.c.since))
-            return {row[0]: KeyRecord(*row) for row in rows}
+            rows = conn.execute(select(
+                api_keys.c.id, api_keys.c.state, api_keys.c.reason, api_keys.c.since, api_keys.c.requests,
+                api_keys.c.rate_limited, api_keys.c.errors, api_keys.c.last_run_at,
+                api_keys.c.rate_configured, api_keys.c.rate_adapted,
+            ).order_by(api_keys.c.id))
+            return {row.id: KeyRecord(
+                id=row.id, state=row.state, reason=row.reason, since=row.since, requests=row.requests,
+                rate_limited=row.rate_limited, errors=row.errors, last_run_at=row.last_run_at,
+                rate_configured=row.rate_configured, rate_adapted=row.rate_adapted,
+            ) for row in rows}
 
     def set_key_state(self, key_id: str, state: str, reason: str | None, now: float | None = None) -> None:
+        """Record a key's state (revoked, budget, ...); the last run's counts are kept."""
         now = time.time() if now is None else now
         with self._write() as conn:
-            changed = conn.execute(update(api_keys).where(api_keys.c.id == key_id)
-                                   .values(state=state, reason=reason, since=now)).rowcount
-            if not changed:
-                conn.execute(insert(api_keys).values(id=key_id, state=state, reason=reason, since=now))
+            _upsert_key(conn, key_id, {"state": state, "reason": reason, "since": now}, {})
 
-    def reset_key(self, key_id: str) -> bool:
-        """Forget what is known against a key (revoked, expired, ...): it is used again. False if unknown."""
+    def save_key_run(self, key_id: str, requests: int, rate_limited: int, errors: int,
+                     rate_configured: str | None, rate_adapted: str | None, now: float | None = None) -> None:
+        """Record what the last run did with a key; its state (revoked, ...) is left as it is."""
+        now = time.time() if now is None else now
         with self._write() as conn:
-            return bool(conn.execute(api_keys.delete().where(api_keys.c.id == key_id)).rowcount)
+            _upsert_key(conn, key_id, {
+                "requests": requests, "rate_limited": rate_limited, "errors": errors, "last_run_at": now,
+                "rate_configured": rate_configured, "rate_adapted": rate_adapted,
+            }, {"state": "active", "reason": None, "since": now})
+
+    def reset_key(self, key_id: str, now: float | None = None) -> bool:
+        """Put a key back into rotation (after revoked, expired, ...) and forget its adapted rate; the
+        last run's counts are kept. False if the key is unknown."""
+        now = time.time() if now is None else now
+        with self._write() as conn:
+            return bool(conn.execute(
+                update(api_keys).where(api_keys.c.id == key_id)
+                .values(state="active", reason=None, since=now, rate_adapted=None)).rowcount)
+
+    # --- the model catalogue ---
+
+    def save_catalog(self, entries: Sequence[ModelInfo], now: float | None = None) -> None:
+        """Replace the stored catalogue with these entries (one per id: the last one wins)."""
+        now = time.time() if now is None else now
+        by_id = {entry.id: entry for entry in entries}
+        rows = [{
+            "id": entry.id, "alias_for": entry.alias_for, "context_length": entry.context_length,
+            "supported_parameters": (None if entry.supported_parameters is None
+                                     else orjson.dumps(list(entry.supported_parameters)).decode()),
+            "response_format": entry.response_format, "prompt_price": entry.prompt_price,
+            "completion_price": entry.completion_price, "fetched_at": now,
+        } for entry in by_id.values()]
+        with self._write() as conn:
+            conn.execute(models.delete())
+            if rows:
+                conn.execute(insert(models), rows)
+
+    def load_catalog(self) -> Catalog:
+        """The catalogue as last saved; empty (fetched_at None) if none was."""
+        with self._read() as conn:
+            rows = conn.execute(select(
+                models.c.id, models.c.alias_for, models.c.context_length, models.c.supported_parameters,
+                models.c.response_format, models.c.prompt_price, models.c.completion_price,
+                models.c.fetched_at,
+            ).order_by(models.c.id)).all()
+        entries = [ModelInfo(
+            id=row[0], alias_for=row[1], context_length=row[2], supported_parameters=_parameters(row[3]),
+            response_format=None if row[4] is None else bool(row[4]), prompt_price=row[5],
+            completion_price=row[6],
+        ) for row in rows]
+        return Catalog(entries, max((row[7] for row in rows), default=None))
 
     # --- reading ---
 
@@ -526,6 +621,11 @@ class Store:
             jobs.c.batch_id, jobs.c.state, func.count(), func.coalesce(func.sum(jobs.c.attempts), 0),
             func.coalesce(func.sum(jobs.c.prompt_tokens), 0), func.coalesce(func.sum(jobs.c.completion_tokens), 0),
             func.coalesce(func.sum(jobs.c.total_tokens), 0),
+            # Taken from the succeeded group only (below): the same expressions for every state.
+            func.count().filter(jobs.c.request_id.is_(None)),
+            func.count().filter(jobs.c.finish_reason == "length"),
+            func.count().filter(jobs.c.fallback_reason.is_not(None)),
+            func.coalesce(func.sum(jobs.c.cost), 0.0), func.count(jobs.c.cost),
         ).group_by(jobs.c.batch_id, jobs.c.state)
         per_code = (select(jobs.c.batch_id, jobs.c.error_code, func.count())
                     .where(jobs.c.state == FAILED).group_by(jobs.c.batch_id, jobs.c.error_code))
@@ -534,13 +634,18 @@ class Store:
             per_code = per_code.where(jobs.c.batch_id == batch_id)
         tally: dict[int, dict[str, Any]] = {}
         with self._read() as conn:
-            for bid, state, count, attempts, prompt, completion, total in conn.execute(per_state):
+            for (bid, state, count, attempts, prompt, completion, total, unverified, truncated, fallbacks,
+                 cost, priced) in conn.execute(per_state):
                 entry = tally.setdefault(bid, _empty_tally())
                 entry[state] = int(count)
                 entry["attempts"] += int(attempts)
                 entry["prompt_tokens"] += int(prompt)
                 entry["completion_tokens"] += int(completion)
                 entry["total_tokens"] += int(total)
+                entry["cost"] += float(cost)
+                if state == SUCCEEDED:
+                    entry.update(unverified=int(unverified), truncated=int(truncated),
+                                 fallbacks=int(fallbacks), priced=int(priced))
             for bid, code, count in conn.execute(per_code):
                 tally.setdefault(bid, _empty_tally())["failed_by_code"][code or "unknown"] = int(count)
         wanted = [batch_id] if batch_id is not None else list(names)
@@ -552,15 +657,42 @@ class Store:
                 **{s: entry[s] for s in JOB_STATES}, attempts=entry["attempts"],
                 prompt_tokens=entry["prompt_tokens"], completion_tokens=entry["completion_tokens"],
                 total_tokens=entry["total_tokens"], failed_by_code=entry["failed_by_code"],
+                unverified=entry["unverified"], truncated=entry["truncated"], fallbacks=entry["fallbacks"],
+                cost=entry["cost"], priced=entry["priced"],
             ))
         return result
+
+    def usage(self, by: str, batch_id: int | None = None) -> list[UsageRow]:
+        """Usage of succeeded jobs per key (`by="key"`) or per model served (`by="model"`: the model
+        the provider says served it, else the one sent, else the one requested), sorted by name."""
+        if by == "key":
+            name: Any = jobs.c.key_id
+        elif by == "model":
+            name = func.coalesce(jobs.c.model_served, jobs.c.model_sent, jobs.c.model)
+        else:
+            raise ValueError(f"usage by {by!r}: expected 'key' or 'model'")
+        query = select(
+            name, func.count(), func.coalesce(func.sum(jobs.c.prompt_tokens), 0),
+            func.coalesce(func.sum(jobs.c.completion_tokens), 0), func.coalesce(func.sum(jobs.c.total_tokens), 0),
+            func.coalesce(func.sum(jobs.c.cost), 0.0), func.count(jobs.c.cost),
+        ).where(jobs.c.state == SUCCEEDED).group_by(name)
+        if batch_id is not None:
+            query = query.where(jobs.c.batch_id == batch_id)
+        with self._read() as conn:
+            rows = conn.execute(query).all()
+        # Sorted here: SQLite and PostgreSQL collate (and place NULL) differently.
+        return sorted((UsageRow(name=row[0] or "", requests=int(row[1]), prompt_tokens=int(row[2]),
+                                completion_tokens=int(row[3]), total_tokens=int(row[4]), cost=float(row[5]),
+                                priced=int(row[6])) for row in rows), key=lambda row: row.name)
 
     def export_rows(self, states: Sequence[str], batch_id: int | None = None,
                     chunk: int = 2000) -> Iterator[ExportRow]:
         """Jobs in the given states, in input order, read in chunks (memory stays flat)."""
         columns = (jobs.c.id, jobs.c.custom_id, jobs.c.state, jobs.c.model, jobs.c.model_served,
                    jobs.c.attempts, jobs.c.key_id, jobs.c.status_code, jobs.c.request_id, jobs.c.response,
-                   jobs.c.error_code, jobs.c.error_message, jobs.c.finish_reason)
+                   jobs.c.error_code, jobs.c.error_message, jobs.c.finish_reason, jobs.c.model_sent,
+                   jobs.c.fallback_reason, jobs.c.cost, jobs.c.prompt_tokens, jobs.c.completion_tokens,
+                   jobs.c.total_tokens)
         last = (-1, -1)
         while True:
             query = select(jobs.c.batch_id, *columns).where(jobs.c.state.in_(states))
@@ -581,8 +713,37 @@ class Store:
 
 def _empty_tally() -> dict[str, Any]:
     tally: dict[str, Any] = {state: 0 for state in JOB_STATES}
-    tally.update(attempts=0, prompt_tokens=0, completion_tokens=0, total_tokens=0, failed_by_code={})
+    tally.update(attempts=0, prompt_tokens=0, completion_tokens=0, total_tokens=0, failed_by_code={},
+                 unverified=0, truncated=0, fallbacks=0, cost=0.0, priced=0)
     return tally
+
+
+def _upsert_key(conn: Connection, key_id: str, changes: dict[str, Any], fresh: dict[str, Any]) -> None:
+    """Update `changes` on a key's row, or insert it with `fresh` values as well if it is not there.
+
+    Portable (no dialect-specific ON CONFLICT): a concurrent insert of the same key by another runner
+    (PostgreSQL; SQLite writers are serialised) fails inside a savepoint and becomes an update.
+    """
+    if conn.execute(update(api_keys).where(api_keys.c.id == key_id).values(**changes)).rowcount:
+        return
+    try:
+        with conn.begin_nested():
+            conn.execute(insert(api_keys).values(id=key_id, **{**fresh, **changes}))
+    except IntegrityError:
+        conn.execute(update(api_keys).where(api_keys.c.id == key_id).values(**changes))
+
+
+def _parameters(stored: str | None) -> tuple[str, ...] | None:
+    """A stored JSON list of parameter names; anything else is unknown."""
+    if stored is None:
+        return None
+    try:
+        value = orjson.loads(stored)
+    except orjson.JSONDecodeError:
+        return None
+    if isinstance(value, list) and all(isinstance(item, str) for item in value):
+        return tuple(value)
+    return None
 
 
 # --- engine set-up ------------------------------------------------------------------------------

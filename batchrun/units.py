@@ -33,7 +33,7 @@ class Rate:
     period: float
 
     def __str__(self) -> str:
-        return f"{self.count}/{_format_period(self.period)}"
+        return f"{self.count}/{format_period(self.period)}"
 
 
 def parse_rate(text: str, *, field: str = "rate") -> Rate:
@@ -54,7 +54,8 @@ def parse_rate(text: str, *, field: str = "rate") -> Rate:
     return Rate(count, period)
 
 
-def _format_period(seconds: float) -> str:
+def format_period(seconds: float) -> str:
+    """`1s`, `1m`, `500ms`: how a rate's period is written."""
     if seconds >= 60 and seconds % 60 == 0:
         return f"{int(seconds // 60)}m"
     if seconds >= 1 and float(seconds).is_integer():

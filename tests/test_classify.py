@@ -16,17 +16,21 @@ from multidict import CIMultiDict
 
 from batchrun.errors import (
     BadRequest,
+    BadResponse,
     EndpointNotFound,
     KeyBudgetExhausted,
     KeyModelForbidden,
     KeyRejected,
     ModelNotFound,
+    NoCapacity,
     OrgBudgetExhausted,
     RateLimited,
+    ServerError,
     TransientError,
+    Unverified,
     ValidationFailed,
 )
-from batchrun.provider import classify, parse_completion, provider_message, retry_after
+from batchrun.provider import RateHint, classify, parse_completion, provider_message, rate_hint, retry_after
 
 NO_HEADERS: CIMultiDict[str] = CIMultiDict()
 
@@ -63,7 +67,8 @@ def test_401_is_a_rejected_key_with_its_state(body: str, state: str) -> None:
 
 def test_401_message_carries_the_providers_words() -> None:
     error = classify(401, NO_HEADERS, error_body("key_revoked", "API key revoked", "authentication_error"))
-    assert str(error) == "the provider rejected the key (401 revoked): API key revoked"
+    assert str(error) == ("the provider rejected the key (401 revoked): API key revoked — "
+                          "look for its status in Settings → API Keys")
     assert error.body == {"error": {"message": "API key revoked", "type": "authentication_error",
                                     "code": "key_revoked"}}
 
@@ -277,10 +282,9 @@ def test_429_with_an_openai_style_minutes_reset() -> None:
 def test_503_is_transient_and_mentions_no_capacity() -> None:
     body = error_body("no_nodes_available", "No GPU node is available right now", "service_unavailable")
     error = classify(503, NO_HEADERS, body)
-    assert type(error) is TransientError
+    assert type(error) is NoCapacity and error.code == "no_capacity"
     assert "no capacity" in str(error)
     assert "No GPU node is available right now" in str(error)
-    assert error.code == "transient"
 
 
 def test_503_honours_retry_after() -> None:
@@ -290,7 +294,7 @@ def test_503_honours_retry_after() -> None:
 @pytest.mark.parametrize("status", [500, 502])
 def test_500_and_502_are_transient_server_errors(status: int) -> None:
     error = classify(status, NO_HEADERS, "<html>Bad Gateway</html>")
-    assert type(error) is TransientError
+    assert type(error) is ServerError and error.code == "server_error"
     assert error.status == status
     assert str(error) == f"server error ({status}): <html>Bad Gateway</html>"
 
@@ -376,6 +380,34 @@ def test_parse_completion_without_usage_has_no_token_counts() -> None:
 def test_parse_completion_of_a_broken_200_is_a_transient_error(text: str, words: str) -> None:
     with pytest.raises(TransientError) as caught:
         parse_completion(text)
-    assert type(caught.value) is TransientError
+    assert type(caught.value) is BadResponse and caught.value.code == "bad_response"
     assert words in str(caught.value)
     assert caught.value.status == 200
+
+
+def test_401_for_a_malformed_key_says_what_the_format_must_be() -> None:
+    error = classify(401, NO_HEADERS, error_body("invalid_key_format", "Wrong key format"))
+    assert isinstance(error, KeyRejected) and error.key_state == "invalid"
+    assert "`<access_key_id>:<secret>`" in str(error)
+
+
+def test_a_200_without_request_id_is_accepted_unless_required() -> None:
+    body = json.dumps({"model": "m", "choices": [{"message": {"role": "assistant", "content": "hi"},
+                                                  "finish_reason": "length"}]})
+    completion = parse_completion(body)
+    assert completion.request_id is None and completion.truncated
+    with pytest.raises(Unverified) as caught:
+        parse_completion(body, require_request_id=True)
+    assert caught.value.code == "unverified" and "request_id" in str(caught.value)
+    assert isinstance(caught.value, TransientError)
+
+
+def test_rate_hint_reads_remaining_and_reset_headers() -> None:
+    headers = CIMultiDict({"x-ratelimit-remaining-requests": "0", "x-ratelimit-reset-requests": "1.5s",
+                           "x-ratelimit-remaining-tokens": "900", "x-ratelimit-reset-tokens": "6m0s"})
+    hint = rate_hint(headers)
+    assert hint == RateHint(0, 1.5, 900, 360.0)
+    assert hint.exhausted_for == 1.5
+    assert rate_hint(CIMultiDict({"x-ratelimit-remaining-requests": "3"})).exhausted_for is None  # type: ignore[union-attr]
+    assert rate_hint(NO_HEADERS) is None
+    assert rate_hint(CIMultiDict({"x-ratelimit-remaining-requests": "lots"})) is None
