@@ -137,3 +137,33 @@ def _price(pricing: Any, name: str) -> float | None:
     if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= 0:
         return float(value)
     return None
+
+
+def catalog_lines(catalog: Catalog) -> list[str]:
+    """The catalogue as a table for the terminal; `?` where the provider publishes nothing."""
+    if not catalog:
+        return ["the provider's catalogue is empty"]
+    lines = [f"{'model':<28} {'context':>8} {'json':>5} {'params':>6} {'$/1M prompt':>12} {'$/1M compl.':>12}  aliases"]
+    aliases: dict[str, list[str]] = {}
+    for alias, target in catalog.aliases.items():
+        aliases.setdefault(target, []).append(alias)
+    for model_id in catalog.models:
+        m = catalog.entries[model_id]
+        lines.append(
+            f"{m.id:<28} {_or_unknown(m.context_length):>8} "
+            f"{_or_unknown(None if m.response_format is None else ('yes' if m.response_format else 'no')):>5} "
+            f"{_or_unknown(None if m.supported_parameters is None else len(m.supported_parameters)):>6} "
+            f"{_per_million(m.prompt_price):>12} {_per_million(m.completion_price):>12}  "
+            + ", ".join(sorted(aliases.get(m.id, []))))
+    orphans = sorted(alias for alias, target in catalog.aliases.items() if target not in catalog.entries)
+    for alias in orphans:
+        lines.append(f"{alias:<28} alias of {catalog.aliases[alias]} (not in the catalogue)")
+    return lines
+
+
+def _or_unknown(value: object) -> str:
+    return "?" if value is None else str(value)
+
+
+def _per_million(price: float | None) -> str:
+    return "?" if price is None else f"{price * 1e6:.4g}"

@@ -19,6 +19,7 @@ import click
 import orjson
 
 from batchrun import __version__
+from batchrun.catalog import catalog_lines
 from batchrun.config import build_settings, resolve_db
 from batchrun.errors import BatchrunError, ConfigError
 from batchrun.export import atomic_output, write_lines
@@ -47,6 +48,24 @@ def db_options(fn: F) -> F:
                       help="Config file (default: ./batchrun.toml when it exists).")(fn)
     fn = click.option("--db", envvar="BATCHRUN_DB", show_envvar=True,
                       help="Queue database URL. [default: sqlite:///batchrun.db]")(fn)
+    return fn
+
+
+def provider_options(fn: F) -> F:
+    fn = click.option("--keys-file", envvar="BATCHRUN_KEYS_FILE", show_envvar=True,
+                      type=click.Path(dir_okay=False),
+                      help="API keys, one a line (# comments). Or set BATCHRUN_API_KEYS=k1,k2.")(fn)
+    fn = click.option("--base-url", envvar="BATCHRUN_BASE_URL", show_envvar=True,
+                      help="Provider URL including the version prefix, e.g. https://api.privatemind.com/v1")(fn)
+    return fn
+
+
+def fallback_options(fn: F) -> F:
+    fn = click.option("--drop-unsupported", is_flag=True, default=None,
+                      help="Remove parameters the model does not support (recorded) instead of failing the job.")(fn)
+    fn = click.option("--fallback", multiple=True, metavar="MODEL_OR_ALIAS",
+                      help="Send jobs whose model left the catalogue to this one instead; repeatable, "
+                           "tried in order (e.g. --fallback fast).")(fn)
     return fn
 
 
@@ -128,10 +147,8 @@ _RUN_HELP = "\n".join(f"  {code}  {meaning}" for code, meaning in EXIT_MEANINGS.
 
 @cli.command(epilog="\b\nExit codes:\n" + _RUN_HELP)
 @click.option("--batch", help="Work only this batch. [default: every batch with queued jobs]")
-@click.option("--base-url", envvar="BATCHRUN_BASE_URL", show_envvar=True,
-              help="Provider URL including the version prefix, e.g. https://api.privatemind.com/v1")
-@click.option("--keys-file", envvar="BATCHRUN_KEYS_FILE", show_envvar=True, type=click.Path(dir_okay=False),
-              help="API keys, one a line (# comments). Or set BATCHRUN_API_KEYS=k1,k2.")
+@provider_options
+@fallback_options
 @click.option("--concurrency", type=int, envvar="BATCHRUN_CONCURRENCY", show_envvar=True,
               help="Requests in flight at most. [default: 32]")
 @click.option("--rpm", type=int, help="Requests per minute, per key (= --rate-limit N/1m).")
@@ -174,6 +191,7 @@ def run(batch: str | None, no_progress: bool, db: str | None, config_path: str |
     options = RunOptions(
         batch=batch, concurrency=settings.concurrency, lease=settings.lease,
         policy=RetryPolicy(settings.max_attempts, Backoff(settings.backoff_base, settings.backoff_max)),
+        fallbacks=_fallbacks(settings), drop_unsupported=settings.drop_unsupported,
     )
     live = not no_progress and sys.stderr.isatty()
 
@@ -299,6 +317,89 @@ def _key_json(record: Any) -> dict[str, Any]:
             "last_run": {"at": record.last_run_at, "requests": record.requests,
                          "rate_limited": record.rate_limited, "errors": record.errors},
             "rate_limit": {"configured": record.rate_configured, "adapted": record.rate_adapted}}
+
+
+def _fallbacks(settings: Any) -> Any:
+    from batchrun.prechecks import Fallbacks
+
+    return Fallbacks(settings.fallback_models, settings.fallback_table)
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@provider_options
+@db_options
+def models(as_json: bool, db: str | None, config_path: str | None, **flags: Any) -> None:
+    """Refresh the provider's model catalogue and show it: ids, aliases, context, capabilities, prices.
+
+    
+      batchrun models --base-url https://api.privatemind.com/v1
+      batchrun models --json | jq '.[] | select(.alias_for == null) | .id'
+    """
+    store = _open_store(resolve_db(db, config_path), None)
+    catalog = _refresh_catalog(store, build_settings({**flags, "db": db}, config_path))
+    if as_json:
+        click.echo(orjson.dumps([_model_json(m) for m in catalog.entries.values()],
+                                option=orjson.OPT_INDENT_2).decode())
+        return
+    for line in catalog_lines(catalog):
+        click.echo(line)
+
+
+def _refresh_catalog(store: Store, settings: Any) -> Any:
+    from batchrun.provider import ProviderClient
+
+    settings.require_provider()
+
+    async def fetch() -> Any:
+        async with ProviderClient(settings.base_url, request_timeout=30) as client:
+            return await client.fetch_catalog(settings.keys)
+
+    catalog = asyncio.run(fetch())
+    store.save_catalog(list(catalog.entries.values()))
+    return catalog
+
+
+def _model_json(model: Any) -> dict[str, Any]:
+    return {"id": model.id, "alias_for": model.alias_for, "context_length": model.context_length,
+            "supported_parameters": None if model.supported_parameters is None else list(model.supported_parameters),
+            "response_format": model.response_format, "prompt_price": model.prompt_price,
+            "completion_price": model.completion_price}
+
+
+@cli.command()
+@click.option("--batch", help="Only this batch. [default: every unfinished job]")
+@provider_options
+@fallback_options
+@db_options
+def estimate(batch: str | None, db: str | None, config_path: str | None, **flags: Any) -> None:
+    """Estimate a batch before spending: requests per model after fallback, tokens, cost, and jobs
+    that would fail the prechecks. Sends no completion request (it reads the catalogue only).
+
+    
+      batchrun estimate --batch nightly
+      batchrun estimate --fallback fast
+    """
+    store = _open_store(resolve_db(db, config_path), None)
+    batch_id = _batch_id(store, batch)
+    _print_estimate(store, batch_id, build_settings({**flags, "db": db}, config_path))
+
+
+def _print_estimate(store: Store, batch_id: int | None, settings: Any) -> None:
+    from batchrun.estimate import estimate as estimate_jobs
+    from batchrun.estimate import estimate_lines
+
+    if settings.base_url and settings.keys:
+        catalog = _refresh_catalog(store, settings)
+    else:
+        catalog = store.load_catalog()
+        if not catalog:
+            raise ConfigError("no catalogue to estimate with: give --base-url and keys (BATCHRUN_API_KEYS) "
+                              "or run `batchrun models` once")
+        click.echo(f"(catalogue from {_when(catalog.fetched_at)}, not refreshed: no provider configured)", err=True)
+    result = estimate_jobs(store.unfinished_jobs(batch_id), catalog, _fallbacks(settings), settings.drop_unsupported)
+    for line in estimate_lines(result):
+        click.echo(line)
 
 
 @cli.command()

@@ -19,8 +19,14 @@ file and the defaults, and validates everything in one place.
     require_request_id = false        # a 200 without request_id is retried instead of accepted
     key_format = "any"                # or "id:secret": every key must be `<access_key_id>:<secret>`
 
+    drop_unsupported = false          # remove parameters the model does not support instead of failing
+    fallback_models = ["fast"]        # like --fallback: tried in order for any model that is gone
+
     [limits.k1]                       # per-key overrides, by key id
     rate_limit = "20/1s"
+
+    [fallback]                        # per model: what to send when it is not in the catalogue
+    "llama-3.1-70b" = ["llama-3.3-70b", "reasoning"]
 """
 
 from __future__ import annotations
@@ -42,7 +48,7 @@ KEYS_ENV = "BATCHRUN_API_KEYS"
 _FILE_KEYS = {
     "db", "base_url", "keys_file", "api_keys", "concurrency", "rate_limit", "rpm", "token_limit", "tpm",
     "max_attempts", "request_timeout", "lease", "backoff_base", "backoff_max", "limits",
-    "require_request_id", "key_format",
+    "require_request_id", "key_format", "drop_unsupported", "fallback_models", "fallback",
 }
 KEY_FORMATS = ("any", "id:secret")
 
@@ -64,6 +70,11 @@ class Settings:
     backoff_max: float = 30.0
     require_request_id: bool = False
     key_format: str = "any"
+    drop_unsupported: bool = False
+    #: --fallback (repeatable) or `fallback_models`: tried in order for any model the catalogue lacks
+    fallback_models: tuple[str, ...] = ()
+    #: `[fallback]` in batchrun.toml: model -> what to try instead, in order
+    fallback_table: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
     def __repr__(self) -> str:
         keys = ", ".join(key.id for key in self.keys)
@@ -154,6 +165,10 @@ def build_settings(flags: dict[str, Any], config_path: str | None, environ: dict
         backoff_max=_duration(pick("backoff_max"), 30.0, "backoff_max"),
         require_request_id=_flag(pick("require_request_id"), "require_request_id"),
         key_format=_choice(pick("key_format"), KEY_FORMATS, "key_format"),
+        drop_unsupported=_flag(pick("drop_unsupported"), "drop_unsupported"),
+        fallback_models=tuple(flags.get("fallback") or ()) or _names(data.get("fallback_models"),
+                                                                       f"{where}: fallback_models"),
+        fallback_table=_fallback_table(data.get("fallback"), where),
     )
     if settings.lease < 2:
         raise ConfigError("lease must be at least 2s")
@@ -197,6 +212,24 @@ def _positive_int(value: Any, default: int, name: str) -> int:
     if number <= 0 or isinstance(value, bool):
         raise ConfigError(f"{name}: must be a positive whole number, not {value!r}")
     return number
+
+
+def _names(value: Any, where: str) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise ConfigError(f"{where}: must be a list of model names, e.g. [\"fast\"]")
+    return tuple(value)
+
+
+def _fallback_table(value: Any, where: str) -> dict[str, tuple[str, ...]]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where}: [fallback] must be a table of model = [\"fallback\", ...]")
+    return {str(model): _names(chain, f"{where}: [fallback] {model}") for model, chain in value.items()}
 
 
 def _flag(value: Any, name: str) -> bool:

@@ -2,7 +2,7 @@
 
 One line per job, in input order:
     {"id", "custom_id", "response": {"status_code", "request_id", "body"}, "error": null,
-     "batchrun": {"model_requested", "model_sent", "model_served", "fallback", "attempts", "key",
+     "batchrun": {"model_requested", "model_sent", "model_served", "fallback", "dropped_parameters", "attempts", "key",
                   "finish_reason", "truncated", "unverified", "cost"}}
 `truncated` marks a result the model cut off at `max_tokens` (finish_reason `length`); `unverified` one
 that came without the provider's `request_id`; `fallback` says why another model was used (or null);
@@ -87,6 +87,7 @@ def _extras(row: ExportRow) -> dict[str, Any]:
         "model_sent": row.model_sent,
         "model_served": row.model_served,
         "fallback": row.fallback_reason,
+        "dropped_parameters": row.dropped_parameters.split(",") if row.dropped_parameters else [],
         "attempts": row.attempts,
         "key": row.key_id,
         "finish_reason": row.finish_reason,

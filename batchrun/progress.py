@@ -71,7 +71,8 @@ def summary_lines(report: RunReport) -> list[str]:
         f"succeeded: {stats.succeeded}  failed: {stats.failed} ({failed})  left: {report.left}",
         f"requests: {stats.requests}  retries: {stats.retried}  429s: {stats.rate_limited}"
         + (f"  unverified (no request_id): {stats.unverified}" if stats.unverified else "")
-        + (f"  truncated (finish_reason length): {stats.truncated}" if stats.truncated else ""),
+        + (f"  truncated (finish_reason length): {stats.truncated}" if stats.truncated else "")
+        + (f"  served by a fallback model: {stats.fallbacks}" if stats.fallbacks else ""),
         f"tokens: {stats.prompt_tokens} prompt + {stats.completion_tokens} completion  cost: "
         + format_cost(stats.cost if stats.succeeded > stats.unpriced else None, stats.unpriced),
     ]

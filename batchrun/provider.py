@@ -14,12 +14,14 @@ import logging
 import math
 import re
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
 import orjson
 
+from batchrun.catalog import Catalog, parse_catalog
 from batchrun.errors import (
     BadRequest,
     BadResponse,
@@ -28,8 +30,10 @@ from batchrun.errors import (
     KeyBudgetExhausted,
     KeyModelForbidden,
     KeyRejected,
+    KeyUnusable,
     ModelNotFound,
     NoCapacity,
+    NoUsableKey,
     OrgBudgetExhausted,
     ProviderError,
     ProviderUnreachable,
@@ -45,6 +49,8 @@ from batchrun.keys import ApiKey
 log = logging.getLogger(__name__)
 
 _MAX_MESSAGE = 500
+#: the catalogue is small and answers fast: a host that does not answer within this is unreachable
+CATALOG_TIMEOUT = aiohttp.ClientTimeout(total=20, connect=5)
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,16 +152,13 @@ class ProviderClient:
     async def list_models(self, key: ApiKey) -> list[dict[str, Any]]:
         """`GET {base}/models`. Connection failures here mean the provider cannot be reached at all."""
         try:
-            status, headers, text = await self._request("GET", self._models_url, key, None)
+            status, headers, text = await self._request("GET", self._models_url, key, None, CATALOG_TIMEOUT)
         except TransientError as exc:
             raise ProviderUnreachable(
                 f"cannot reach the provider at {self.base_url}: {exc} — check --base-url / BATCHRUN_BASE_URL"
             ) from exc
         if status == 404:
-            raise EndpointNotFound(
-                f"{self._models_url} answered 404: the base URL looks wrong. It must include the API "
-                f"version prefix, e.g. https://api.privatemind.com/v1 (requests go to BASE/chat/completions)",
-                status=404)
+            raise EndpointNotFound(await self._wrong_base_message(key), status=404)
         if status != 200:
             raise classify(status, headers, text)
         try:
@@ -165,9 +168,40 @@ class ProviderClient:
         except orjson.JSONDecodeError:
             return []
 
-    async def _request(self, method: str, url: str, key: ApiKey, body: bytes | None) -> tuple[int, Any, str]:
+    async def fetch_catalog(self, keys: Sequence[ApiKey]) -> Catalog:
+        """The catalogue, read with the first key the provider accepts (a refused key is skipped)."""
+        refused: KeyUnusable | None = None
+        for key in keys:
+            try:
+                return parse_catalog(await self.list_models(key), time.time())
+            except KeyUnusable as exc:
+                log.warning("key %s cannot read the catalogue: %s", key.id, exc)
+                refused = exc
+        raise NoUsableKey(f"no key could read the catalogue: {refused}" if refused else "no API key given")
+
+    async def _wrong_base_message(self, key: ApiKey) -> str:
+        """Say what the base URL should look like; if `{base}/v1/models` answers, say so."""
+        message = (f"{self._models_url} answered 404: the base URL {self.base_url} looks wrong. It must "
+                   "include the API version prefix, e.g. https://api.privatemind.com/v1 (batchrun sends "
+                   "requests to BASE/chat/completions and reads BASE/models)")
+        if self.base_url.endswith("/v1"):
+            return message
+        guess = f"{self.base_url}/v1"
         try:
-            async with self.session.request(method, url, data=body, headers=self._headers_for(key)) as resp:
+            status, _, _ = await self._request("GET", f"{guess}/models", key, None, CATALOG_TIMEOUT)
+        except ProviderError:
+            return message
+        if status != 404:
+            return f"{message}. {guess}/models answers: did you mean --base-url {guess} ?"
+        return message
+
+    async def _request(self, method: str, url: str, key: ApiKey, body: bytes | None,
+                       timeout: aiohttp.ClientTimeout | None = None) -> tuple[int, Any, str]:
+        try:
+            # (timeout=None would mean "no timeout at all" to aiohttp: pass it only when given)
+            extra: dict[str, Any] = {} if timeout is None else {"timeout": timeout}
+            async with self.session.request(method, url, data=body, headers=self._headers_for(key),
+                                            **extra) as resp:
                 raw = await resp.read()
                 return resp.status, resp.headers, raw.decode("utf-8", errors="replace")
         except asyncio.TimeoutError as exc:

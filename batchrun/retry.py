@@ -52,6 +52,8 @@ class Decision:
     key_state: str = ""
     #: the run cannot go on (exit code of the error)
     stop_run: bool = False
+    #: the model is gone: refresh the catalogue and resolve the job again (fallback)
+    refresh_catalog: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +87,9 @@ class RetryPolicy:
             return Decision(REQUEUE, stop_run=True)
         if isinstance(error, KeyModelForbidden):
             return Decision(REQUEUE, key_action="forbid")
-        if isinstance(error, (JobInvalid, ModelNotFound)):
+        if isinstance(error, ModelNotFound):
+            # The catalogue changed under the run: the job is resolved again (fallback or a clear failure).
+            return Decision(REQUEUE, refresh_catalog=True)
+        if isinstance(error, JobInvalid):
             return Decision(FAIL, code=error.code)
         return Decision(FAIL, code=error.code)

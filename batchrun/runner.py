@@ -44,12 +44,19 @@ from batchrun.errors import (
 )
 from batchrun.exitcodes import EXIT_MEANINGS
 from batchrun.keys import KeyLane
+from batchrun.prechecks import Fallbacks, Prepared, Refused, prepare
 from batchrun.provider import Completion, ProviderClient, RateHint
 from batchrun.retry import FAIL, REQUEUE, RETRY, Decision, RetryPolicy
 from batchrun.store import ClaimedJob, Failed, Outcome, Retry, Store, Succeeded
 
 log = logging.getLogger(__name__)
+summary_log = logging.getLogger("batchrun.progress")
 T = TypeVar("T")
+
+#: however many requests meet a vanished model at once, the catalogue is fetched at most this often
+CATALOG_REFRESH_INTERVAL = 5.0
+#: the opening summary prechecks every queued job when there are at most this many (a few seconds)
+OPENING_PRECHECK_LIMIT = 20_000
 
 
 
@@ -60,6 +67,8 @@ class RunOptions:
     lease: float = 60.0
     flush_size: int = 500
     policy: RetryPolicy = RetryPolicy()
+    fallbacks: Fallbacks = Fallbacks()
+    drop_unsupported: bool = False
 
 
 @dataclass
@@ -80,6 +89,8 @@ class RunStats:
     cost: float = 0.0
     unpriced: int = 0
     breaker_trips: int = 0
+    fallbacks: int = 0
+    catalog_refreshes: int = 0
     failed_by_code: dict[str, int] = field(default_factory=dict)
     #: model served -> [requests, prompt tokens, completion tokens, cost or None when unknown]
     by_model: dict[str, list[Any]] = field(default_factory=dict)
@@ -145,6 +156,10 @@ class Runner:
         # Cuts concurrency when most recent requests fail transiently (an outage), then ramps back.
         self.breaker = CircuitBreaker(options.concurrency)
         self.catalog = Catalog([])
+        #: models the provider said are gone (404 / unknown model) during this run, catalogue or not
+        self._gone: set[str] = set()
+        self._refreshing: asyncio.Task[None] | None = None
+        self._last_refresh = float("-inf")
 
     # --- public ---
 
@@ -209,6 +224,8 @@ class Runner:
         if pending.empty:
             return
         await self._check_provider()
+        if self.catalog and not self._stop.is_set():
+            await self._opening_summary()
 
     async def _check_provider(self) -> None:
         """One cheap request before any job: a wrong base URL or a dead host stops the run here,
@@ -233,9 +250,65 @@ class Runner:
     async def _refresh_catalog(self, lane: KeyLane) -> None:
         entries = await self._client.list_models(lane.key)
         self.catalog = parse_catalog(entries, time.time())
+        self.stats.catalog_refreshes += 1
         if self.catalog:
             await self._call(self._store.save_catalog, list(self.catalog.entries.values()))
             log.info("catalogue: %s", self.catalog.describe())
+
+    async def _opening_summary(self) -> None:
+        """Before the first request: which requested models are served, fall back or will fail, and
+        how many jobs fail the prechecks (counted exactly for batches of a reasonable size)."""
+        per_model = await self._call(self._store.queued_by_model, self._batch_id)
+        for model, count in sorted(per_model.items()):
+            if model in self.catalog:
+                target = self.catalog.resolve(model)
+                served = f" (served by {target.id})" if target is not None and target.id != model else ""
+                summary_log.info("model %s: %d job(s)%s", model, count, served)
+                continue
+            chain = [name for name in self._options.fallbacks.chain(model) if name in self.catalog]
+            if chain:
+                summary_log.warning("model %s is not in the provider's catalogue: %d job(s) fall back to %s",
+                                    model, count, chain[0])
+            else:
+                summary_log.warning("model %s is not in the provider's catalogue and has no fallback: %d job(s) "
+                                    "will fail as model_not_found (catalogue: %s; add --fallback MODEL)",
+                                    model, count, self.catalog.describe())
+        if sum(per_model.values()) <= OPENING_PRECHECK_LIMIT:
+            refused = await self._call(self._count_refusals)
+            if refused:
+                summary_log.warning("prechecks: %s will fail before sending",
+                                    ", ".join(f"{n} job(s) {code}" for code, n in sorted(refused.items())))
+
+    def _count_refusals(self) -> dict[str, int]:
+        refused: dict[str, int] = {}
+        for job in self._store.unfinished_jobs(self._batch_id):
+            result = self._prepare_job(job)
+            if isinstance(result, Refused):
+                refused[result.code] = refused.get(result.code, 0) + 1
+        return refused
+
+    def _prepare_job(self, job: ClaimedJob) -> Prepared | Refused:
+        return prepare(job.model, job.body, job.prompt_chars, job.max_tokens, self.catalog,
+                       self._options.fallbacks, self._options.drop_unsupported, self._gone)
+
+    def _schedule_refresh(self) -> None:
+        """Single-flight: one refresh at a time, and at most one per CATALOG_REFRESH_INTERVAL."""
+        if self._refreshing is not None and not self._refreshing.done():
+            return
+        now = time.monotonic()
+        if now - self._last_refresh < CATALOG_REFRESH_INTERVAL:
+            return
+        self._last_refresh = now
+        self._refreshing = asyncio.create_task(self._refresh_now(), name="catalog-refresh")
+
+    async def _refresh_now(self) -> None:
+        lane = next((lane for lane in self.lanes if lane.usable), None)
+        if lane is None:
+            return
+        try:
+            await self._refresh_catalog(lane)
+        except BatchrunError as exc:
+            log.warning("could not refresh the catalogue: %s", exc)
 
     async def _work(self) -> None:
         writer = asyncio.create_task(self._write_loop(), name="writer")
@@ -258,7 +331,10 @@ class Runner:
                 await self._flush(writer)
             writer.cancel()
             heartbeat.cancel()
-            await asyncio.gather(writer, heartbeat, return_exceptions=True)
+            refreshing = [self._refreshing] if self._refreshing is not None else []
+            for task in refreshing:
+                task.cancel()
+            await asyncio.gather(writer, heartbeat, *refreshing, return_exceptions=True)
             # Whatever this runner still holds was never sent: back to the queue, no attempt spent.
             await self._call(self._store.release_owned, self.owner)
 
@@ -317,9 +393,15 @@ class Runner:
             job = await self._jobs.get()
             if self._jobs.qsize() < self._options.concurrency:
                 self._need_jobs.set()
-            if job.model in lane.forbidden_models or not lane.usable:
-                if not self._someone_may_serve(job.model):
-                    self._fail_unservable(job)
+            prepared = self._prepare_job(job)
+            if isinstance(prepared, Refused):
+                self._queue_outcome(self._failed(job, job.attempts, None, None, None, prepared.code,
+                                                 prepared.message))
+                continue
+            model = prepared.model_sent
+            if model in lane.forbidden_models or not lane.usable:
+                if not self._someone_may_serve(model):
+                    self._fail_unservable(job, model)
                     continue
                 self._jobs.put_nowait(job)
                 await asyncio.sleep(0.05)
@@ -337,12 +419,12 @@ class Runner:
                 self._slots.release()
                 self._jobs.put_nowait(job)
                 raise
-            if not lane.usable or lane.cooling or job.model in lane.forbidden_models or self._stop.is_set():
+            if not lane.usable or lane.cooling or model in lane.forbidden_models or self._stop.is_set():
                 # A 429, 401 or 403 arrived while this lane waited for its limiter, or the run is stopping.
                 self._slots.release()
                 self._jobs.put_nowait(job)
                 continue
-            task = asyncio.create_task(self._attempt(lane, job, reservation))
+            task = asyncio.create_task(self._attempt(lane, job, prepared, reservation))
             self._in_flight.add(task)
             task.add_done_callback(self._request_done)
 
@@ -350,35 +432,39 @@ class Runner:
         self._in_flight.discard(task)
         self._slot_freed.set()
 
-    async def _attempt(self, lane: KeyLane, job: ClaimedJob, reservation: list[float] | None) -> None:
+    async def _attempt(self, lane: KeyLane, job: ClaimedJob, prepared: Prepared,
+                       reservation: list[float] | None) -> None:
         attempt = job.attempts + 1
         sent_at = time.monotonic()
         lane.sent()
         self.stats.requests += 1
         outcome: Outcome | None = None
         try:
-            completion = await self._client.complete(lane.key, job.body.encode())
+            completion = await self._client.complete(lane.key, prepared.body)
         except ProviderError as error:
-            outcome = await self._on_error(lane, job, attempt, error, sent_at)
+            outcome = await self._on_error(lane, job, prepared, attempt, error, sent_at)
         except Exception:  # a bug must not lose the job: it stays leased and is released at the end
             log.exception("unexpected error sending job %s", job.custom_id)
         else:
-            outcome = self._on_success(lane, job, attempt, completion, reservation, sent_at)
+            outcome = self._on_success(lane, job, prepared, attempt, completion, reservation, sent_at)
         finally:
             # released before the outcome is queued: the slot is for requests in flight, not for writes
             self._slots.release()
         if outcome is not None:
-            self._unwritten += 1
-            self._outcomes.put_nowait(outcome)
+            self._queue_outcome(outcome)
 
-    def _on_success(self, lane: KeyLane, job: ClaimedJob, attempt: int, completion: Completion,
-                    reservation: list[float] | None, sent_at: float) -> Succeeded:
+    def _queue_outcome(self, outcome: Outcome) -> None:
+        self._unwritten += 1
+        self._outcomes.put_nowait(outcome)
+
+    def _on_success(self, lane: KeyLane, job: ClaimedJob, prepared: Prepared, attempt: int,
+                    completion: Completion, reservation: list[float] | None, sent_at: float) -> Succeeded:
         self._note_key_change(lane, lane.on_success())
         self._obey_hint(lane, completion.rate_hint)
         self._note_breaker(False, sent_at)
         lane.settle_tokens(reservation, completion.total_tokens or _estimate_tokens(job))
-        served = completion.model or job.model
-        model = self.catalog.resolve(served) or self.catalog.resolve(job.model)
+        served = completion.model or prepared.model_sent
+        model = self.catalog.resolve(served) or self.catalog.resolve(prepared.model_sent)
         cost = model.cost(completion.prompt_tokens, completion.completion_tokens) if model else None
         self.stats.succeeded += 1
         self.stats.add_usage(served, completion, cost)
@@ -386,14 +472,17 @@ class Runner:
             self.stats.unverified += 1
         if completion.truncated:
             self.stats.truncated += 1
+        if prepared.fallback_reason:
+            self.stats.fallbacks += 1
         log.debug("job %s succeeded on key %s (attempt %d)", job.custom_id, lane.key.id, attempt)
         return Succeeded(job.id, attempt, lane.key.id, completion.status, completion.request_id,
                          completion.body, completion.model, completion.finish_reason,
                          completion.prompt_tokens, completion.completion_tokens, completion.total_tokens,
-                         cost=cost, model_sent=job.model)
+                         cost=cost, model_sent=prepared.model_sent, fallback_reason=prepared.fallback_reason,
+                         dropped_parameters=",".join(prepared.dropped) or None)
 
-    async def _on_error(self, lane: KeyLane, job: ClaimedJob, attempt: int, error: ProviderError,
-                        sent_at: float) -> Outcome | None:
+    async def _on_error(self, lane: KeyLane, job: ClaimedJob, prepared: Prepared, attempt: int,
+                        error: ProviderError, sent_at: float) -> Outcome | None:
         if isinstance(error, RateLimited):
             self._note_key_change(lane, lane.on_rate_limited())
         self._obey_hint(lane, error.rate_hint)
@@ -402,19 +491,25 @@ class Runner:
         decision = self._options.policy.decide(error, attempt, self._rng, key_strikes=lane.consecutive_429)
         log.debug("job %s attempt %d on key %s: %s -> %s", job.custom_id, attempt, lane.key.id, error, decision.job)
         lane.errors += 1
-        await self._act_on_key(lane, job, error, decision)
+        await self._act_on_key(lane, prepared.model_sent, error, decision)
         if decision.stop_run:
             self.request_stop(str(error), error)
+        if decision.refresh_catalog:
+            if prepared.model_sent not in self._gone:
+                log.warning("model %s is gone (%s); its jobs are resolved again against a fresh catalogue",
+                            prepared.model_sent, error)
+            self._gone.add(prepared.model_sent)
+            self._schedule_refresh()
         response = _response_text(error)
-        if decision.key_action == "forbid" and not self._someone_may_serve(job.model):
+        if decision.key_action == "forbid" and not self._someone_may_serve(prepared.model_sent):
             return self._failed(job, attempt, lane.key.id, error.status, response, error.code,
-                                self._unservable_message(job.model, error))
+                                self._unservable_message(prepared.model_sent, error), prepared)
         if decision.job == FAIL:
             message = str(error)
             if isinstance(error, TransientError):
                 message = f"{error} — gave up after {attempt} attempt(s) (--max-attempts)"
             return self._failed(job, attempt, lane.key.id, error.status, response, decision.code or error.code,
-                                message)
+                                message, prepared)
         if decision.job == RETRY:
             self.stats.retried += 1
             return Retry(job.id, attempt, time.time() + decision.delay, lane.key.id, error.status, response,
@@ -423,17 +518,18 @@ class Runner:
         return Retry(job.id, job.attempts, time.time(), lane.key.id, error.status, response, error.code, str(error))
 
     def _failed(self, job: ClaimedJob, attempts: int, key_id: str | None, status: int | None,
-                response: str | None, code: str, message: str) -> Failed:
+                response: str | None, code: str, message: str, prepared: Prepared | None = None) -> Failed:
         self.stats.failed += 1
         self.stats.failed_by_code[code] = self.stats.failed_by_code.get(code, 0) + 1
-        return Failed(job.id, attempts, key_id, status, response, code, message)
+        if prepared is None:
+            return Failed(job.id, attempts, key_id, status, response, code, message)
+        return Failed(job.id, attempts, key_id, status, response, code, message, prepared.model_sent,
+                      prepared.fallback_reason, ",".join(prepared.dropped) or None)
 
-    def _fail_unservable(self, job: ClaimedJob) -> None:
+    def _fail_unservable(self, job: ClaimedJob, model: str) -> None:
         """Every usable key got a 403 for this job's model: fail it without another request."""
-        outcome = self._failed(job, job.attempts, None, 403, None, KeyModelForbidden.code,
-                               self._unservable_message(job.model, None))
-        self._unwritten += 1
-        self._outcomes.put_nowait(outcome)
+        self._queue_outcome(self._failed(job, job.attempts, None, 403, None, KeyModelForbidden.code,
+                                         self._unservable_message(model, None)))
 
     def _unservable_message(self, model: str, error: ProviderError | None) -> str:
         refused = ", ".join(lane.key.id for lane in self.lanes if model in lane.forbidden_models)
@@ -458,7 +554,7 @@ class Runner:
             (log.warning if self.breaker.trips > before else log.info)("%s", change)
             self._slot_freed.set()
 
-    async def _act_on_key(self, lane: KeyLane, job: ClaimedJob, error: ProviderError, decision: Decision) -> None:
+    async def _act_on_key(self, lane: KeyLane, model: str, error: ProviderError, decision: Decision) -> None:
         if decision.key_action == "cool":
             self.stats.rate_limited += 1
             lane.cool_down(decision.key_cooldown)
@@ -466,8 +562,8 @@ class Runner:
         elif decision.key_action == "retire" and lane.usable:
             await self._retire(lane, error)
         elif decision.key_action == "forbid":
-            lane.forbidden_models.add(job.model)
-            log.warning("key %s may not use model %s (403); other keys will take its jobs", lane.key.id, job.model)
+            lane.forbidden_models.add(model)
+            log.warning("key %s may not use model %s (403); other keys will take its jobs", lane.key.id, model)
 
     async def _retire(self, lane: KeyLane, error: ProviderError) -> None:
         state = getattr(error, "key_state", "invalid")

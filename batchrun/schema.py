@@ -89,6 +89,8 @@ class JobRow(Base):
     # The model id actually sent, after alias and fallback resolution; why a fallback was used.
     model_sent: Mapped[str | None] = mapped_column(String(200), nullable=True)
     fallback_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # parameters removed because the model does not support them (--drop-unsupported), comma-separated
+    dropped_parameters: Mapped[str | None] = mapped_column(String(500), nullable=True)
     finish_reason: Mapped[str | None] = mapped_column(String(32), nullable=True)
     prompt_tokens: Mapped[int | None] = mapped_column(Integer, nullable=True)
     completion_tokens: Mapped[int | None] = mapped_column(Integer, nullable=True)

@@ -112,6 +112,9 @@ class SimulatorConfig:
     forbidden: dict[str, set[str]] = field(default_factory=dict)  # key id -> model ids it may not use
     unknown_model_status: int = 404  # 404 (Pinaivu) or 400 (PrivateMind)
     omit_request_id: bool = False
+    # False: the catalogue leaves out context length, parameters, capabilities and prices (as some real
+    # providers do) while the models still enforce them, so clients meet the provider's own 400s
+    publish_metadata: bool = True
     seed: int | None = None
 
 
@@ -295,6 +298,9 @@ class _Handlers:
             return refused.response()
         config = self.config
         entries = catalogue_entries(list(config.models), dict(config.aliases))
+        if not config.publish_metadata:
+            hidden = ("context_length", "supported_parameters", "capabilities", "pricing")
+            entries = [{k: v for k, v in entry.items() if k not in hidden} for entry in entries]
         return web.json_response({"object": "list", "data": entries})
 
     async def chat_completions(self, request: web.Request) -> web.StreamResponse:

@@ -105,6 +105,7 @@ class Succeeded:
     cost: float | None = None  # USD; None = unknown (no price or no usage)
     model_sent: str | None = None  # the model id sent, after alias/fallback resolution
     fallback_reason: str | None = None  # why a fallback model was sent; None if none was
+    dropped_parameters: str | None = None  # removed as unsupported (--drop-unsupported), comma-separated
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,6 +119,7 @@ class Failed:
     error_message: str
     model_sent: str | None = None
     fallback_reason: str | None = None
+    dropped_parameters: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,6 +201,7 @@ class ExportRow:
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     total_tokens: int | None = None
+    dropped_parameters: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -422,7 +425,7 @@ class Store:
                     "finish_reason": outcome.finish_reason, "prompt_tokens": outcome.prompt_tokens,
                     "completion_tokens": outcome.completion_tokens, "total_tokens": outcome.total_tokens,
                     "cost": outcome.cost, "model_sent": outcome.model_sent,
-                    "fallback_reason": outcome.fallback_reason,
+                    "fallback_reason": outcome.fallback_reason, "dropped_parameters": outcome.dropped_parameters,
                 })
             elif isinstance(outcome, Failed):
                 failed.append({
@@ -430,6 +433,7 @@ class Store:
                     "status_code": outcome.status_code, "response": outcome.response,
                     "error_code": outcome.error_code, "error_message": outcome.error_message,
                     "model_sent": outcome.model_sent, "fallback_reason": outcome.fallback_reason,
+                    "dropped_parameters": outcome.dropped_parameters,
                 })
             else:
                 retried.append({
@@ -692,7 +696,7 @@ class Store:
                    jobs.c.attempts, jobs.c.key_id, jobs.c.status_code, jobs.c.request_id, jobs.c.response,
                    jobs.c.error_code, jobs.c.error_message, jobs.c.finish_reason, jobs.c.model_sent,
                    jobs.c.fallback_reason, jobs.c.cost, jobs.c.prompt_tokens, jobs.c.completion_tokens,
-                   jobs.c.total_tokens)
+                   jobs.c.total_tokens, jobs.c.dropped_parameters)
         last = (-1, -1)
         while True:
             query = select(jobs.c.batch_id, *columns).where(jobs.c.state.in_(states))
@@ -709,6 +713,33 @@ class Store:
             for row in rows:
                 yield ExportRow(*row[1:])  # type: ignore[call-arg]
             last = (rows[-1][0], rows[-1][1])
+
+    def unfinished_jobs(self, batch_id: int | None = None, chunk: int = 2000) -> Iterator[ClaimedJob]:
+        """Queued and running jobs, in id order, read in chunks: what a run would still send."""
+        last = -1
+        while True:
+            query = (select(jobs.c.id, jobs.c.batch_id, jobs.c.custom_id, jobs.c.body, jobs.c.model,
+                            jobs.c.prompt_chars, jobs.c.max_tokens, jobs.c.attempts)
+                     .where(jobs.c.state.in_((QUEUED, RUNNING)), jobs.c.id > last)
+                     .order_by(jobs.c.id).limit(chunk))
+            if batch_id is not None:
+                query = query.where(jobs.c.batch_id == batch_id)
+            with self._read() as conn:
+                rows = conn.execute(query).all()
+            if not rows:
+                return
+            for row in rows:
+                yield ClaimedJob(*row)
+            last = rows[-1][0]
+
+    def queued_by_model(self, batch_id: int | None = None) -> dict[str, int]:
+        """Unfinished jobs per requested model: the run's opening summary."""
+        query = (select(jobs.c.model, func.count()).where(jobs.c.state.in_((QUEUED, RUNNING)))
+                 .group_by(jobs.c.model))
+        if batch_id is not None:
+            query = query.where(jobs.c.batch_id == batch_id)
+        with self._read() as conn:
+            return {model: int(count) for model, count in conn.execute(query)}
 
 
 def _empty_tally() -> dict[str, Any]:

@@ -204,9 +204,8 @@ def test_run_stoppers_requeue_the_job_and_stop_the_run(error: ProviderError) -> 
     [
         (BadRequest("bad request (400): Unsupported parameter", status=400), "bad_request"),
         (ValidationFailed("validation error (422): body.temperature: too big", status=422), "validation_error"),
-        (ModelNotFound("model not found (404): no such model", status=404), "model_not_found"),
     ],
-    ids=["400", "422", "model-not-found"],
+    ids=["400", "422"],
 )
 def test_invalid_jobs_fail_at_once_on_the_first_attempt(error: ProviderError, code: str) -> None:
     decision = RetryPolicy(max_attempts=5).decide(error, attempt=1)
@@ -216,3 +215,8 @@ def test_invalid_jobs_fail_at_once_on_the_first_attempt(error: ProviderError, co
 def test_an_unclassified_provider_error_fails_rather_than_looping() -> None:
     assert RetryPolicy().decide(ProviderError("??"), attempt=1) == Decision(FAIL, code="provider_error")
 
+
+
+def test_a_vanished_model_requeues_the_job_and_asks_for_a_catalogue_refresh() -> None:
+    decision = RetryPolicy(max_attempts=5).decide(ModelNotFound("model not found (404)", status=404), attempt=3)
+    assert decision == Decision(REQUEUE, refresh_catalog=True)

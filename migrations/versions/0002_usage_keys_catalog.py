@@ -1,7 +1,7 @@
 """usage, key run stats and the model catalogue
 
 jobs: the model actually sent (after alias/fallback resolution), why a fallback was used, and the
-cost of the job's usage. api_keys: counts and rates of the last run that used the key. models: the
+cost of the job's usage, the parameters dropped as unsupported (--drop-unsupported). api_keys: counts and rates of the last run that used the key. models: the
 provider's catalogue as last fetched.
 
 Revision ID: 0002
@@ -45,10 +45,12 @@ def upgrade() -> None:
         batch_op.add_column(sa.Column('model_sent', sa.String(length=200), nullable=True))
         batch_op.add_column(sa.Column('fallback_reason', sa.Text(), nullable=True))
         batch_op.add_column(sa.Column('cost', sa.Float(), nullable=True))
+        batch_op.add_column(sa.Column('dropped_parameters', sa.String(length=500), nullable=True))
 
 
 def downgrade() -> None:
     with op.batch_alter_table('jobs', schema=None) as batch_op:
+        batch_op.drop_column('dropped_parameters')
         batch_op.drop_column('cost')
         batch_op.drop_column('fallback_reason')
         batch_op.drop_column('model_sent')
