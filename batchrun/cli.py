@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import datetime
 import logging
+import os
 import signal
 import sys
 from collections.abc import Callable
@@ -115,8 +116,11 @@ def cli(verbose: int) -> None:
 @click.argument("file", type=str)
 @click.option("--batch", help="Batch name. [default: the file's stem]")
 @click.option("--strict", is_flag=True, help="Any bad or conflicting line rejects the whole file.")
+@click.option("--estimate", "show_estimate", is_flag=True,
+              help="Then print what the batch would cost (see `batchrun estimate`); sends no completion.")
 @db_options
-def submit(file: str, batch: str | None, strict: bool, db: str | None, config_path: str | None) -> None:
+def submit(file: str, batch: str | None, strict: bool, show_estimate: bool, db: str | None,
+           config_path: str | None) -> None:
     """Load a JSONL job file (FILE, or - for stdin) into the queue.
 
     Each line is an OpenAI Batch input line or a bare chat-completion body. Bad lines are reported as
@@ -138,6 +142,10 @@ def submit(file: str, batch: str | None, strict: bool, db: str | None, config_pa
     else:
         click.echo(f"batch {report.batch}: loaded {report.loaded}, duplicates skipped {report.duplicates}, "
                    f"conflicts {report.conflicts}, rejected {report.rejected}")
+    if show_estimate and not report.strict_rejected:
+        flags = {"db": db, "base_url": os.environ.get("BATCHRUN_BASE_URL"),
+                 "keys_file": os.environ.get("BATCHRUN_KEYS_FILE")}
+        _print_estimate(store, store.batch_id(report.batch), build_settings(flags, config_path))
     if not report.clean:
         sys.exit(1)
 

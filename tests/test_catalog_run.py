@@ -181,3 +181,16 @@ def test_estimate_on_10000_jobs_sends_no_completion(cli: Cli, sim: RunningSimula
     # 6000 jobs × 100 max_tokens of completion; cost from sim-small's prices
     assert fast_line.split()[2:] == ["6000", "36000", "600000", "0.2436"]  # 36000×$0.1/M + 600000×$0.4/M
     assert "unknown" in next(line for line in out.splitlines() if line.lstrip().startswith("sim-mini"))
+
+
+def test_submit_estimate_uses_the_stored_catalogue_when_no_provider_is_configured(
+        cli: Cli, sim: RunningSimulator, tmp_path: Path) -> None:
+    assert cli("models", env=provider_env(sim, make_keys(1))).returncode == 0  # stores the catalogue
+    write_jobs(tmp_path / "jobs.jsonl", 10, model="gone-model", extra={"max_tokens": 10})
+
+    result = cli("submit", str(tmp_path / "jobs.jsonl"), "--estimate")
+
+    assert result.returncode == 0, result.stderr
+    assert "not refreshed" in result.stderr
+    assert "model_not_found" in result.stdout and "10" in result.stdout
+    assert sim.state.snapshot()["requests_total"] == 0
