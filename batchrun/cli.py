@@ -1,7 +1,7 @@
 """The `batchrun` command: parse options, build objects, call the library, map errors to exit codes.
 
 No business logic lives here. Every `BatchrunError` becomes one line on stderr and its exit code,
-in `BatchrunGroup.invoke`.
+in `BatchrunGroup.invoke`. Log handlers are set up here too (in `logsetup`), never by the library.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 import click
 import orjson
 
-from batchrun import __version__
+from batchrun import __version__, logsetup
 from batchrun.catalog import catalog_lines
 from batchrun.config import build_settings, resolve_db
 from batchrun.errors import BatchrunError, ConfigError
@@ -39,7 +39,7 @@ class BatchrunGroup(click.Group):
         try:
             return super().invoke(ctx)
         except BatchrunError as exc:
-            click.echo(f"batchrun: error: {exc}", err=True)
+            logsetup.report_error(str(exc), exc.exit_code)
             ctx.exit(exc.exit_code)
 
 
@@ -86,21 +86,11 @@ def _batch_id(store: Store, batch: str | None) -> int | None:
     return found
 
 
-def _setup_logging(verbose: int) -> None:
-    level = logging.DEBUG if verbose > 1 else logging.INFO if verbose == 1 else logging.WARNING
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("batchrun: %(levelname)s: %(message)s"))
-    root = logging.getLogger("batchrun")
-    root.handlers[:] = [handler]
-    root.setLevel(level)
-    root.propagate = False
-    logging.getLogger("batchrun.progress").setLevel(logging.INFO)
-
-
 @click.group(cls=BatchrunGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="batchrun")
 @click.option("-v", "--verbose", count=True, help="More log output on stderr (-vv for every request).")
-def cli(verbose: int) -> None:
+@click.pass_context
+def cli(ctx: click.Context, verbose: int) -> None:
     """Run large batches of chat-completion requests against OpenAI-compatible providers.
 
     \b
@@ -109,7 +99,9 @@ def cli(verbose: int) -> None:
       batchrun status
       batchrun export --output results.jsonl --errors errors.jsonl
     """
-    _setup_logging(verbose)
+    logsetup.configure(verbose)
+    # The root context closes last, after an error has been reported: the log file gets that line too.
+    ctx.call_on_close(logsetup.close)
 
 
 @cli.command()
@@ -175,15 +167,38 @@ _RUN_HELP = "\n".join(f"  {code}  {meaning}" for code, meaning in EXIT_MEANINGS.
               help="Retry a 200 that has no request_id instead of accepting it as unverified.")
 @click.option("--key-format", type=click.Choice(["any", "id:secret"]),
               help="id:secret: refuse, before any request, a key that is not <access_key_id>:<secret>.")
+@click.option("--grace", envvar="BATCHRUN_GRACE", show_envvar=True,
+              help="After SIGINT/SIGTERM, a deadline or a cap: how long requests in flight may take to "
+                   "finish before they are abandoned (their jobs stay queued). [default: 30s]")
+@click.option("--max-duration", envvar="BATCHRUN_MAX_DURATION", show_envvar=True,
+              help="Stop claiming so the run ends within this long (e.g. 6h); exit 3 if work is left.")
+@click.option("--until", envvar="BATCHRUN_UNTIL", show_envvar=True, metavar="HH:MM",
+              help="Like --max-duration, to a local time of day (next occurrence), e.g. 07:00.")
+@click.option("--max-cost", type=float, envvar="BATCHRUN_MAX_COST", show_envvar=True, metavar="USD",
+              help="Spend at most this much in this run (catalogue prices; requests in flight reserved).")
+@click.option("--max-tokens", type=int, envvar="BATCHRUN_MAX_TOKENS", show_envvar=True,
+              help="Use at most this many tokens in this run (requests in flight reserved).")
+@click.option("--no-wait", is_flag=True, default=None,
+              help="If other runners hold every key, exit 3 at once instead of waiting for one.")
 @click.option("--no-progress", is_flag=True, help="No progress bar even on a terminal.")
+@click.option("--log-file", envvar="BATCHRUN_LOG_FILE", show_envvar=True, type=click.Path(dir_okay=False),
+              help="Also append the log (warnings, progress lines, opening and closing summary) to this "
+                   "file, each line with its time.")
+@click.option("--log-format", type=click.Choice(logsetup.FORMATS), default="text", show_default=True,
+              envvar="BATCHRUN_LOG_FORMAT", show_envvar=True,
+              help="json: one JSON object per line (time, level, logger, message) on stderr and in --log-file.")
 @db_options
-def run(batch: str | None, no_progress: bool, db: str | None, config_path: str | None, **flags: Any) -> None:
+def run(batch: str | None, no_progress: bool, log_file: str | None, log_format: str, db: str | None,
+        config_path: str | None, **flags: Any) -> None:
     """Work the queue until no job is left: across all keys, within their limits.
 
     \b
       BATCHRUN_API_KEYS=k1:s1,k2:s2 batchrun run --base-url https://api.privatemind.com/v1
       batchrun run --batch nightly --rate-limit 20/1s --keys-file keys.txt
+      batchrun run --no-progress --log-file /var/log/batchrun.log   # from cron
     """
+    # First, so that even a configuration error ends up in the log file.
+    logsetup.configure(click.get_current_context().find_root().params.get("verbose", 0), log_format, log_file)
     # The network and the event loop are only loaded by the command that needs them.
     from batchrun.progress import show_live, show_plain, summary_lines
     from batchrun.provider import ProviderClient
@@ -200,6 +215,8 @@ def run(batch: str | None, no_progress: bool, db: str | None, config_path: str |
         batch=batch, concurrency=settings.concurrency, lease=settings.lease,
         policy=RetryPolicy(settings.max_attempts, Backoff(settings.backoff_base, settings.backoff_max)),
         fallbacks=_fallbacks(settings), drop_unsupported=settings.drop_unsupported,
+        grace=settings.grace, deadline=settings.deadline, max_cost=settings.max_cost,
+        max_tokens=settings.max_tokens, wait_for_keys=settings.wait_for_keys,
     )
     live = not no_progress and sys.stderr.isatty()
 
@@ -222,8 +239,10 @@ def run(batch: str | None, no_progress: bool, db: str | None, config_path: str |
                     display.cancel()
                     with contextlib.suppress(asyncio.CancelledError):
                         await display
-        for line in summary_lines(report):
+        lines = summary_lines(report)
+        for line in lines:
             click.echo(line)
+        logsetup.record_outcome(lines, report.exit_code)
         return report.exit_code
 
     sys.exit(asyncio.run(main()))
@@ -293,6 +312,8 @@ def status(batch: str | None, as_json: bool, db: str | None, config_path: str | 
                    f"{c.retries:>8} {c.total_tokens:>10} {_cost_text(c.cost if c.priced else None):>10}")
         for code, n in sorted(c.failed_by_code.items()):
             click.echo(f"  failed {code}: {n}")
+        if c.cancelled:
+            click.echo(f"  cancelled: {c.cancelled}")
         if c.unverified:
             click.echo(f"  unverified (200 without request_id): {c.unverified}")
         if c.truncated:
@@ -308,6 +329,60 @@ def status(batch: str | None, as_json: bool, db: str | None, config_path: str | 
     if last is not None:
         ended = "still running" if last.ended_at is None else f"exit {last.exit_code}: {last.outcome}"
         click.echo(f"last run: {last.owner}: {ended}")
+
+
+@cli.command()
+@click.option("--batch", help="Only this batch. [default: every batch]")
+@click.option("--code", metavar="CODE",
+              help="Only jobs that failed with this error code, e.g. no_capacity, rate_limited, "
+                   "model_not_found (see `batchrun status`). [default: every failed job]")
+@db_options
+def retry(batch: str | None, code: str | None, db: str | None, config_path: str | None) -> None:
+    """Put failed jobs back in the queue with fresh attempts; the next `batchrun run` sends them again.
+
+    Succeeded results are never touched. Exit 0 also when no failed job matched.
+
+    \b
+      batchrun retry --batch nightly --code no_capacity
+      batchrun retry && batchrun run
+    """
+    store = _open_store(db, config_path)
+    batch_id = _batch_id(store, batch)
+    requeued = store.requeue_failed(batch_id, code)
+    scope = (f" (code {code})" if code else "") + (f" in batch {batch}" if batch else "")
+    if requeued:
+        click.echo(f"re-queued {requeued} failed job(s){scope}; `batchrun run` sends them again")
+        return
+    failed: dict[str, int] = {}
+    for counts in store.counts(batch_id):
+        for failed_code, n in counts.failed_by_code.items():
+            failed[failed_code] = failed.get(failed_code, 0) + n
+    listed = ", ".join(f"{failed_code} {n}" for failed_code, n in sorted(failed.items()))
+    click.echo(f"no failed job{scope} to re-queue" + (f" (failed jobs by code: {listed})" if listed else ""))
+
+
+@cli.command()
+@click.option("--batch", help="Only this batch. [default: every batch]")
+@db_options
+def cancel(batch: str | None, db: str | None, config_path: str | None) -> None:
+    """Cancel the queued jobs: `batchrun run` no longer sends them and `export` leaves them out.
+
+    Finished results stay; jobs in flight in a running `batchrun run` finish. `batchrun retry` does
+    not bring cancelled jobs back: submit them again in a new batch.
+
+    \b
+      batchrun cancel --batch nightly
+    """
+    store = _open_store(db, config_path)
+    batch_id = _batch_id(store, batch)
+    cancelled = store.cancel_queued(batch_id)
+    scope = f" in batch {batch}" if batch else ""
+    in_flight = sum(counts.running for counts in store.counts(batch_id))
+    note = f"; {in_flight} job(s) in flight were left to finish" if in_flight else ""
+    if cancelled:
+        click.echo(f"cancelled {cancelled} queued job(s){scope}; finished results stay{note}")
+    else:
+        click.echo(f"no queued job to cancel{scope}{note}")
 
 
 def _cost_text(cost: float | None) -> str:

@@ -21,6 +21,11 @@ file and the defaults, and validates everything in one place.
 
     drop_unsupported = false          # remove parameters the model does not support instead of failing
     fallback_models = ["fast"]        # like --fallback: tried in order for any model that is gone
+    grace = "30s"                     # after a stop, requests in flight get this long to finish
+    max_duration = "6h"               # or until = "07:00" (local time, next occurrence)
+    max_cost = 25.0                   # USD per run, from catalogue prices
+    max_tokens = 5000000              # tokens per run
+    wait_for_keys = true              # false: exit 3 at once when other runners hold every key
 
     [limits.k1]                       # per-key overrides, by key id
     rate_limit = "20/1s"
@@ -32,6 +37,7 @@ file and the defaults, and validates everything in one place.
 from __future__ import annotations
 
 import os
+import time
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,7 +45,7 @@ from typing import Any
 
 from batchrun.errors import ConfigError
 from batchrun.keys import ApiKey, KeyLimits, check_key_format, parse_keys, read_keys_file
-from batchrun.units import Rate, parse_duration, parse_rate
+from batchrun.units import Rate, next_occurrence, parse_duration, parse_rate
 
 DEFAULT_DB = "sqlite:///batchrun.db"
 DEFAULT_CONFIG = "batchrun.toml"
@@ -49,6 +55,7 @@ _FILE_KEYS = {
     "db", "base_url", "keys_file", "api_keys", "concurrency", "rate_limit", "rpm", "token_limit", "tpm",
     "max_attempts", "request_timeout", "lease", "backoff_base", "backoff_max", "limits",
     "require_request_id", "key_format", "drop_unsupported", "fallback_models", "fallback",
+    "grace", "max_duration", "until", "max_cost", "max_tokens", "wait_for_keys",
 }
 KEY_FORMATS = ("any", "id:secret")
 
@@ -75,6 +82,12 @@ class Settings:
     fallback_models: tuple[str, ...] = ()
     #: `[fallback]` in batchrun.toml: model -> what to try instead, in order
     fallback_table: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    grace: float = 30.0
+    #: epoch seconds by which a run must end (from --max-duration or --until), None for no deadline
+    deadline: float | None = None
+    max_cost: float | None = None
+    max_tokens: int | None = None
+    wait_for_keys: bool = True
 
     def __repr__(self) -> str:
         keys = ", ".join(key.id for key in self.keys)
@@ -123,8 +136,10 @@ def resolve_db(flag: str | None, config_path: str | None) -> str:
     return str(data.get("db") or DEFAULT_DB)
 
 
-def build_settings(flags: dict[str, Any], config_path: str | None, environ: dict[str, str] | None = None) -> Settings:
+def build_settings(flags: dict[str, Any], config_path: str | None, environ: dict[str, str] | None = None,
+                   now: float | None = None) -> Settings:
     """Settings from click's values (flag or env, None when unset), then the file, then defaults."""
+    now = time.time() if now is None else now
     environ = dict(os.environ if environ is None else environ)
     data, source = read_config_file(config_path)
     where = source or "config"
@@ -169,6 +184,11 @@ def build_settings(flags: dict[str, Any], config_path: str | None, environ: dict
         fallback_models=tuple(flags.get("fallback") or ()) or _names(data.get("fallback_models"),
                                                                        f"{where}: fallback_models"),
         fallback_table=_fallback_table(data.get("fallback"), where),
+        grace=_duration(pick("grace"), 30.0, "grace"),
+        deadline=_deadline(pick("max_duration"), pick("until"), now),
+        max_cost=_positive_float(pick("max_cost"), "max_cost"),
+        max_tokens=_positive_int(pick("max_tokens"), 0, "max_tokens") if pick("max_tokens") is not None else None,
+        wait_for_keys=not flags.get("no_wait") and data.get("wait_for_keys", True) is not False,
     )
     if settings.lease < 2:
         raise ConfigError("lease must be at least 2s")
@@ -230,6 +250,28 @@ def _fallback_table(value: Any, where: str) -> dict[str, tuple[str, ...]]:
     if not isinstance(value, dict):
         raise ConfigError(f"{where}: [fallback] must be a table of model = [\"fallback\", ...]")
     return {str(model): _names(chain, f"{where}: [fallback] {model}") for model, chain in value.items()}
+
+
+def _deadline(max_duration: Any, until: Any, now: float) -> float | None:
+    if max_duration is not None and until is not None:
+        raise ConfigError("max_duration and until both set a deadline: give one")
+    if max_duration is not None:
+        return now + parse_duration(max_duration, field="max_duration")
+    if until is not None:
+        return next_occurrence(str(until), now)
+    return None
+
+
+def _positive_float(value: Any, name: str) -> float | None:
+    if value is None:
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name}: {value!r} is not a number") from None
+    if not number > 0 or isinstance(value, bool):
+        raise ConfigError(f"{name}: must be a positive number, not {value!r}")
+    return number
 
 
 def _flag(value: Any, name: str) -> bool:

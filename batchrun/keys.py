@@ -176,6 +176,8 @@ class KeyLane:
         self.cooling_until = 0.0
         self.consecutive_429 = 0
         self.forbidden_models: set[str] = set()
+        #: whether this runner holds the key's lease (one runner per key at a time)
+        self.held = True
         self.requests = 0
         self.succeeded = 0
         self.rate_limited = 0
@@ -226,6 +228,12 @@ class KeyLane:
             self._limiter = AsyncLimiter(1, 1.0 / adapted)
         else:
             self._limiter = request_limiter(self.limits.rate) if self.limits.rate else None
+
+    @property
+    def window(self) -> float:
+        """How long this key's requests count against its limit: the handover gap between runners."""
+        periods = [rate.period for rate in (self.limits.rate, self.limits.tokens) if rate is not None]
+        return max(periods or [1.0]) * 1.01 + JITTER_SLACK
 
     def pause(self, seconds: float) -> None:
         """The provider said this key's window is used up (`x-ratelimit-remaining-*: 0`): send nothing

@@ -28,6 +28,7 @@ from typing import Any, TypeVar
 
 import orjson
 
+from batchrun.budget import Reservation, SpendCap
 from batchrun.breaker import CircuitBreaker
 from batchrun.catalog import Catalog, parse_catalog
 from batchrun.errors import (
@@ -55,6 +56,8 @@ T = TypeVar("T")
 
 #: however many requests meet a vanished model at once, the catalogue is fetched at most this often
 CATALOG_REFRESH_INTERVAL = 5.0
+#: how often a runner checks that the keys are fairly shared with the other live runners
+KEY_BALANCE_INTERVAL = 1.0
 #: the opening summary prechecks every queued job when there are at most this many (a few seconds)
 OPENING_PRECHECK_LIMIT = 20_000
 
@@ -69,6 +72,16 @@ class RunOptions:
     policy: RetryPolicy = RetryPolicy()
     fallbacks: Fallbacks = Fallbacks()
     drop_unsupported: bool = False
+    #: after a stop (signal, deadline, cap), requests in flight get this long to finish
+    grace: float = 30.0
+    #: epoch seconds by which the run must have ended (--max-duration / --until)
+    deadline: float | None = None
+    max_cost: float | None = None
+    max_tokens: int | None = None
+    #: completion tokens assumed for a job without max_tokens when reserving against a spend cap
+    assumed_completion: int = 256
+    #: when other runners hold every key: wait for one (True) or stop with exit 3
+    wait_for_keys: bool = True
 
 
 @dataclass
@@ -160,16 +173,33 @@ class Runner:
         self._gone: set[str] = set()
         self._refreshing: asyncio.Task[None] | None = None
         self._last_refresh = float("-inf")
+        self.cap = SpendCap(options.max_cost, options.max_tokens)
+        self._grace_timer: asyncio.TimerHandle | None = None
+        self._keys_changed = asyncio.Event()
+        #: a moving average of request latency: how long in-flight requests need to drain
+        self._latency = 0.0
 
     # --- public ---
 
-    def request_stop(self, reason: str, error: BatchrunError | None = None) -> None:
-        """Stop claiming and sending; in-flight requests finish and are checkpointed."""
+    def request_stop(self, reason: str, error: BatchrunError | None = None, grace: float | None = None) -> None:
+        """Stop claiming and sending; in-flight requests get `grace` seconds (--grace) to finish and
+        be checkpointed, then they are abandoned (their jobs go back to the queue)."""
         if not self._stop.is_set():
             self._stop_reason = reason
             self._stop_error = error
             self._stop.set()
             log.warning("stopping: %s", error or reason)
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                return
+            wait = self._options.grace if grace is None else max(0.0, grace)
+            self._grace_timer = loop.call_later(wait, self._grace_over, wait)
+
+    def _grace_over(self, wait: float) -> None:
+        if self._in_flight:
+            log.warning("%d request(s) still in flight after %.1f s of grace", len(self._in_flight), wait)
+            self.abort()
 
     def abort(self) -> None:
         """Stop now: also cancel the requests in flight. Their jobs go back to the queue unanswered."""
@@ -193,6 +223,13 @@ class Runner:
             await self._call(self._store.finish_runner, self.owner, exc.exit_code, str(exc))
             raise
         finally:
+            if self._grace_timer is not None:
+                self._grace_timer.cancel()
+            try:
+                await self._call(self._store.release_keys, self.owner, None,
+                                 max((lane.window for lane in self.lanes), default=1.0))
+            except BatchrunError as exc:
+                log.warning("could not release the key leases (they expire by themselves): %s", exc)
             self._db.shutdown(wait=True)
 
     # --- phases ---
@@ -223,15 +260,72 @@ class Runner:
         pending = await self._call(self._store.pending, self._batch_id)
         if pending.empty:
             return
+        if self._options.deadline is not None and self._options.deadline <= time.time():
+            self.request_stop(f"the deadline {_clock(self._options.deadline)} has passed; nothing was started")
+            return
+        if not await self._lease_keys() and any(lane.usable for lane in self.lanes):
+            if not await self._wait_for_keys():
+                return
         await self._check_provider()
         if self.catalog and not self._stop.is_set():
             await self._opening_summary()
+
+    async def _lease_keys(self) -> bool:
+        """Take the leases of the usable keys no other live runner holds; True if this runner holds any."""
+        wanted = [lane.key.id for lane in self.lanes if lane.usable]
+        held = set(await self._call(self._store.acquire_keys, self.owner, wanted, self._options.lease))
+        changed = False
+        for lane in self.lanes:
+            now_held = lane.key.id in held
+            if now_held and not lane.held:
+                log.info("key %s is now leased to this runner", lane.key.id)
+                changed = True
+            lane.held = now_held
+        if changed:
+            self._keys_changed.set()
+        return bool(held)
+
+    async def _wait_for_keys(self) -> bool:
+        """Every usable key is leased to another live runner. Wait until one is free (or there is
+        nothing left to do, or the run is stopped). False if this run should not go on."""
+        wanted = [lane.key.id for lane in self.lanes if lane.usable]
+        holders = await self._call(self._store.key_holders, wanted)
+        names = sorted({f"{r.host} pid {r.pid} (running since {_clock(r.started_at)})" for r in holders.values()})
+        message = (f"every usable key ({', '.join(wanted)}) is held by another runner: {'; '.join(names) or 'unknown'}"
+                   " — one key serves one runner at a time so its rate limit holds")
+        if not self._options.wait_for_keys:
+            self.request_stop(f"{message}; --no-wait: not waiting")
+            return False
+        log.warning("%s; waiting for a key to be free", message)
+        interval = min(KEY_BALANCE_INTERVAL, self._options.lease / 3)
+        deadline = self._options.deadline
+        while not self._stop.is_set():
+            if deadline is not None and time.time() >= deadline:
+                self.request_stop(f"deadline {_clock(deadline)} reached while waiting for a key")
+                return False
+            await self._sleep_unless_stopped(interval if deadline is None else
+                                             max(0.0, min(interval, deadline - time.time())))
+            await self._call(self._store.heartbeat, self.owner)  # alive: the others make room for it
+            pending = await self._call(self._store.pending, self._batch_id)
+            if pending.empty:
+                log.warning("the other runner(s) finished the work; nothing left for this run")
+                return False
+            if await self._lease_keys():
+                return True
+        return False
+
+    async def _sleep_unless_stopped(self, seconds: float) -> None:
+        waiter = asyncio.ensure_future(self._stop.wait())
+        try:
+            await asyncio.wait({waiter}, timeout=seconds)
+        finally:
+            waiter.cancel()
 
     async def _check_provider(self) -> None:
         """One cheap request before any job: a wrong base URL or a dead host stops the run here,
         before a single job is marked failed."""
         for lane in self.lanes:
-            if not lane.usable:
+            if not lane.usable or not lane.held:
                 continue
             try:
                 await self._refresh_catalog(lane)
@@ -314,6 +408,9 @@ class Runner:
         writer = asyncio.create_task(self._write_loop(), name="writer")
         feeder = asyncio.create_task(self._feed_loop(), name="feeder")
         heartbeat = asyncio.create_task(self._heartbeat_loop(), name="heartbeat")
+        deadline = (asyncio.create_task(self._deadline_loop(self._options.deadline), name="deadline")
+                    if self._options.deadline is not None else None)
+        balance = asyncio.create_task(self._balance_loop(), name="balance")
         lanes = [asyncio.create_task(self._lane_loop(lane), name=f"lane-{lane.key.id}") for lane in self.lanes]
         stopped = asyncio.create_task(self._stop.wait(), name="stop")
         try:
@@ -331,10 +428,10 @@ class Runner:
                 await self._flush(writer)
             writer.cancel()
             heartbeat.cancel()
-            refreshing = [self._refreshing] if self._refreshing is not None else []
-            for task in refreshing:
+            others = [task for task in (self._refreshing, deadline, balance) if task is not None]
+            for task in others:
                 task.cancel()
-            await asyncio.gather(writer, heartbeat, *refreshing, return_exceptions=True)
+            await asyncio.gather(writer, heartbeat, *others, return_exceptions=True)
             # Whatever this runner still holds was never sent: back to the queue, no attempt spent.
             await self._call(self._store.release_owned, self.owner)
 
@@ -349,8 +446,10 @@ class Runner:
             code, reason = 3, self._stop_reason or f"{left} job(s) left"
         elif failed:
             code, reason = 1, f"{failed} job(s) failed"
-        else:
+        elif self.stats.finished or any(c.succeeded for c in counts):
             code, reason = 0, "all jobs succeeded"
+        else:
+            code, reason = 0, "nothing to do: no queued job"
         for lane in self.lanes:
             if lane.requests:
                 await self._call(self._store.save_key_run, lane.key.id, lane.requests, lane.rate_limited,
@@ -389,6 +488,9 @@ class Runner:
 
     async def _lane_loop(self, lane: KeyLane) -> None:
         while lane.usable and not self._stop.is_set():
+            if not lane.held:
+                await self._wait(self._keys_changed, 1.0)  # another runner holds this key for now
+                continue
             await lane.wait_until_warm()
             job = await self._jobs.get()
             if self._jobs.qsize() < self._options.concurrency:
@@ -419,12 +521,19 @@ class Runner:
                 self._slots.release()
                 self._jobs.put_nowait(job)
                 raise
-            if not lane.usable or lane.cooling or model in lane.forbidden_models or self._stop.is_set():
+            if (not lane.usable or not lane.held or lane.cooling or model in lane.forbidden_models
+                    or self._stop.is_set()):
                 # A 429, 401 or 403 arrived while this lane waited for its limiter, or the run is stopping.
                 self._slots.release()
                 self._jobs.put_nowait(job)
                 continue
-            task = asyncio.create_task(self._attempt(lane, job, prepared, reservation))
+            spend = self._reserve_spend(job, prepared)
+            if spend is False:
+                self._slots.release()
+                self._jobs.put_nowait(job)
+                continue
+            task = asyncio.create_task(self._attempt(lane, job, prepared, reservation,
+                                                      spend if isinstance(spend, Reservation) else None))
             self._in_flight.add(task)
             task.add_done_callback(self._request_done)
 
@@ -432,8 +541,23 @@ class Runner:
         self._in_flight.discard(task)
         self._slot_freed.set()
 
+    def _reserve_spend(self, job: ClaimedJob, prepared: Prepared) -> Reservation | bool:
+        """Reserve this request's estimated cost and tokens against --max-cost / --max-tokens.
+        True when there is no cap; False (and the run stops claiming) when it would cross one."""
+        if not self.cap.active:
+            return True
+        prompt = -(-job.prompt_chars // 4)
+        completion = job.max_tokens or self._options.assumed_completion
+        model = self.catalog.resolve(prepared.model_sent)
+        cost = (model.cost(prompt, completion) if model else None) or 0.0
+        spend = self.cap.reserve(cost, prompt + completion)
+        if spend is None:
+            self.request_stop(f"spend cap reached: {self.cap.describe()}; the next request could cross it")
+            return False
+        return spend
+
     async def _attempt(self, lane: KeyLane, job: ClaimedJob, prepared: Prepared,
-                       reservation: list[float] | None) -> None:
+                       reservation: list[float] | None, spend: Reservation | None = None) -> None:
         attempt = job.attempts + 1
         sent_at = time.monotonic()
         lane.sent()
@@ -447,7 +571,13 @@ class Runner:
             log.exception("unexpected error sending job %s", job.custom_id)
         else:
             outcome = self._on_success(lane, job, prepared, attempt, completion, reservation, sent_at)
+            if spend is not None and isinstance(outcome, Succeeded):
+                self.cap.settle(spend, outcome.cost, completion.total_tokens)
+                spend = None
         finally:
+            if spend is not None:
+                self.cap.release(spend)  # no answer, no spend
+            self._latency = 0.9 * self._latency + 0.1 * (time.monotonic() - sent_at)
             # released before the outcome is queued: the slot is for requests in flight, not for writes
             self._slots.release()
         if outcome is not None:
@@ -630,6 +760,38 @@ class Runner:
             await self._call(self._store.extend_leases, self.owner, self._options.lease)
             await self._call(self._store.requeue_expired)
 
+    async def _balance_loop(self) -> None:
+        """Share the keys with the other live runners: hold at most ceil(keys / runners), so a runner
+        that started later (cron fired again, another machine) gets keys; take free ones when under."""
+        while True:
+            await asyncio.sleep(KEY_BALANCE_INTERVAL)
+            usable = [lane for lane in self.lanes if lane.usable]
+            if not usable:
+                continue
+            live = await self._call(self._store.live_runners, self._options.lease)
+            share = max(1, -(-len(usable) // max(1, len(live))))
+            held = [lane for lane in usable if lane.held]
+            if len(held) > share:
+                extra = held[share:]
+                for lane in extra:
+                    lane.held = False
+                await self._call(self._store.release_keys, self.owner, [lane.key.id for lane in extra],
+                                 max(lane.window for lane in extra))
+                log.info("handed key(s) %s over to the %d other runner(s)", ", ".join(l.key.id for l in extra),
+                         len(live) - 1)
+            elif len(held) < share:
+                await self._lease_keys()
+
+    async def _deadline_loop(self, deadline: float) -> None:
+        """Stop claiming early enough that the requests in flight finish by the deadline."""
+        while True:
+            drain = min(self._options.grace, max(0.5, 2 * self._latency))
+            left = deadline - drain - time.time()
+            if left <= 0:
+                break
+            await asyncio.sleep(min(left, 1.0))
+        self.request_stop(f"deadline {_clock(deadline)} reached", grace=deadline - time.time())
+
     # --- helpers ---
 
     async def _call(self, fn: Callable[..., T], *args: Any) -> T:
@@ -662,6 +824,10 @@ def _response_text(error: ProviderError) -> str | None:
     if isinstance(error.body, str):
         return error.body
     return orjson.dumps(error.body).decode()
+
+
+def _clock(epoch: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(epoch))
 
 
 def _pid_alive(pid: int) -> bool:

@@ -120,6 +120,11 @@ class KeyRow(Base):
     rate_configured: Mapped[str | None] = mapped_column(String(64), nullable=True)
     rate_adapted: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
+    # A key is leased to one runner at a time (renewed by its heartbeat), so that its rate limit holds
+    # however many runners share the database.
+    lease_owner: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    lease_expires: Mapped[float | None] = mapped_column(Float, nullable=True)
+
 
 class ModelRow(Base):
     """One entry of the provider's model catalogue as last fetched; None columns are unknown."""

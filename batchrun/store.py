@@ -46,6 +46,8 @@ from batchrun.schema import SCHEMA_REVISION, api_keys, batches, jobs, models, ru
 log = logging.getLogger(__name__)
 
 QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = "queued", "running", "succeeded", "failed", "cancelled"
+#: seconds a dead runner's keys stay out of use, so its last requests leave the provider's window
+DEAD_KEY_HANDOVER = 2.0
 JOB_STATES = (QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED)
 
 
@@ -462,6 +464,27 @@ class Store:
                         expected - landed)
         return landed
 
+    def requeue_failed(self, batch_id: int | None = None, code: str | None = None) -> int:
+        """Failed jobs (all, or those of one error code) back to the queue with fresh attempts.
+        Succeeded results are never touched."""
+        where = [jobs.c.state == FAILED]
+        if batch_id is not None:
+            where.append(jobs.c.batch_id == batch_id)
+        if code is not None:
+            where.append(jobs.c.error_code == code)
+        with self._write() as conn:
+            return int(conn.execute(update(jobs).where(*where).values(
+                state=QUEUED, attempts=0, not_before=0.0, finished_at=None, lease_owner=None,
+                lease_expires=None)).rowcount)
+
+    def cancel_queued(self, batch_id: int | None = None) -> int:
+        """Queued jobs become cancelled (a run skips them); finished results and jobs in flight stay."""
+        where = [jobs.c.state == QUEUED]
+        if batch_id is not None:
+            where.append(jobs.c.batch_id == batch_id)
+        with self._write() as conn:
+            return int(conn.execute(update(jobs).where(*where).values(state=CANCELLED)).rowcount)
+
     def release_owned(self, owner: str) -> int:
         """Give back every job this owner still holds (at the end of a run: none of them was sent)."""
         with self._write() as conn:
@@ -473,6 +496,8 @@ class Store:
         now = time.time() if now is None else now
         with self._write() as conn:
             conn.execute(update(jobs).where(jobs.c.lease_owner == owner, jobs.c.state == RUNNING)
+                         .values(lease_expires=now + lease_seconds))
+            conn.execute(update(api_keys).where(api_keys.c.lease_owner == owner)
                          .values(lease_expires=now + lease_seconds))
             conn.execute(update(runners).where(runners.c.owner == owner).values(heartbeat_at=now))
 
@@ -528,6 +553,9 @@ class Store:
             for owner in dead:
                 conn.execute(update(jobs).where(jobs.c.lease_owner == owner, jobs.c.state == RUNNING)
                              .values(state=QUEUED, lease_owner=None, lease_expires=None))
+                # its last requests may still count against the keys' windows: a short hand-over gap
+                conn.execute(update(api_keys).where(api_keys.c.lease_owner == owner)
+                             .values(lease_expires=time.time() + DEAD_KEY_HANDOVER))
                 conn.execute(update(runners).where(runners.c.owner == owner)
                              .values(ended_at=time.time(), outcome="died (process gone)"))
         return dead
@@ -570,6 +598,65 @@ class Store:
                 "requests": requests, "rate_limited": rate_limited, "errors": errors, "last_run_at": now,
                 "rate_configured": rate_configured, "rate_adapted": rate_adapted,
             }, {"state": "active", "reason": None, "since": now})
+
+    def acquire_keys(self, owner: str, key_ids: Sequence[str], lease_seconds: float,
+                     now: float | None = None) -> list[str]:
+        """Lease these keys to `owner` where no live runner holds them; returns the ids it now holds.
+
+        One runner per key at a time keeps each key's rate limit true across runners; a lease that
+        is not renewed (its runner died) expires and the key passes to another runner.
+        """
+        now = time.time() if now is None else now
+        with self._write() as conn:
+            known = set(conn.execute(select(api_keys.c.id).where(api_keys.c.id.in_(list(key_ids)))).scalars())
+            for key_id in key_ids:
+                if key_id not in known:
+                    _upsert_key(conn, key_id, {"since": now}, {"state": "active", "reason": None})
+            free = (api_keys.c.lease_owner.is_(None) | (api_keys.c.lease_owner == owner)
+                    | (api_keys.c.lease_expires < now))
+            rows = conn.execute(update(api_keys).where(api_keys.c.id.in_(list(key_ids)), free)
+                                .values(lease_owner=owner, lease_expires=now + lease_seconds)
+                                .returning(api_keys.c.id)).all()
+        return sorted(row[0] for row in rows)
+
+    def release_keys(self, owner: str, key_ids: Sequence[str] | None = None, hold_for: float = 0.0,
+                     now: float | None = None) -> None:
+        """Give up this owner's key leases (all, or these). The lease runs on for `hold_for` seconds:
+        another runner may take the key only once the requests this one just sent have left the
+        provider's rate window."""
+        now = time.time() if now is None else now
+        where = [api_keys.c.lease_owner == owner]
+        if key_ids is not None:
+            where.append(api_keys.c.id.in_(list(key_ids)))
+        with self._write() as conn:
+            conn.execute(update(api_keys).where(*where).values(lease_expires=now + hold_for))
+
+    def live_runners(self, stale_after: float, now: float | None = None) -> list[RunnerRecord]:
+        """Runners that have not ended and whose heartbeat is fresher than `stale_after` seconds."""
+        now = time.time() if now is None else now
+        with self._read() as conn:
+            rows = conn.execute(
+                select(runners.c.owner, runners.c.host, runners.c.pid, runners.c.started_at, runners.c.heartbeat_at,
+                       runners.c.ended_at, runners.c.exit_code, runners.c.outcome)
+                .where(runners.c.ended_at.is_(None), runners.c.heartbeat_at >= now - stale_after)
+                .order_by(runners.c.id)).all()
+        return [RunnerRecord(*row) for row in rows]
+
+    def heartbeat(self, owner: str, now: float | None = None) -> None:
+        now = time.time() if now is None else now
+        with self._write() as conn:
+            conn.execute(update(runners).where(runners.c.owner == owner).values(heartbeat_at=now))
+
+    def key_holders(self, key_ids: Sequence[str], now: float | None = None) -> dict[str, RunnerRecord]:
+        """Which live runner holds each of these keys (keys nobody holds are left out)."""
+        now = time.time() if now is None else now
+        with self._read() as conn:
+            rows = conn.execute(
+                select(api_keys.c.id, runners.c.owner, runners.c.host, runners.c.pid, runners.c.started_at,
+                       runners.c.heartbeat_at, runners.c.ended_at, runners.c.exit_code, runners.c.outcome)
+                .join(runners, runners.c.owner == api_keys.c.lease_owner)
+                .where(api_keys.c.id.in_(list(key_ids)), api_keys.c.lease_expires >= now)).all()
+        return {row[0]: RunnerRecord(*row[1:]) for row in rows}
 
     def reset_key(self, key_id: str, now: float | None = None) -> bool:
         """Put a key back into rotation (after revoked, expired, ...) and forget its adapted rate; the

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import re
 from dataclasses import dataclass
 
@@ -23,6 +24,21 @@ def parse_duration(text: str | float | int, *, field: str = "duration") -> float
     if seconds < 0:
         raise ConfigError(f"{field}: {text!r} must not be negative")
     return seconds
+
+
+_CLOCK = re.compile(r"^\s*([01]?\d|2[0-3]):([0-5]\d)\s*$")
+
+
+def next_occurrence(text: str, now: float, *, field: str = "until") -> float:
+    """Epoch seconds of the next local wall-clock time `HH:MM` after `now` (today or tomorrow)."""
+    match = _CLOCK.match(str(text))
+    if not match:
+        raise ConfigError(f"{field}: {text!r} is not a time of day (expected HH:MM, e.g. 07:00)")
+    local = datetime.datetime.fromtimestamp(now)
+    target = local.replace(hour=int(match.group(1)), minute=int(match.group(2)), second=0, microsecond=0)
+    if target.timestamp() <= now:
+        target = (target.replace(tzinfo=None) + datetime.timedelta(days=1))
+    return target.timestamp()
 
 
 @dataclass(frozen=True, slots=True)

@@ -36,3 +36,14 @@ def test_run_help_lists_every_exit_code() -> None:
     for code in "012345":
         assert f"  {code}  " in output, output
     assert "BATCHRUN_BASE_URL" in output and "BATCHRUN_DB" in output
+
+
+def test_maintenance_commands_and_log_options_are_listed() -> None:
+    names = CliRunner().invoke(cli, ["--help"]).output
+    for command in ("retry", "cancel"):
+        assert f"  {command} " in names, names
+    retry = " ".join(CliRunner().invoke(cli, ["retry", "--help"]).output.split())
+    assert "--batch" in retry and "--code" in retry
+    run = " ".join(CliRunner().invoke(cli, ["run", "--help"]).output.split())
+    assert "--log-file" in run and "BATCHRUN_LOG_FILE" in run
+    assert "--log-format [text|json]" in run and "BATCHRUN_LOG_FORMAT" in run

@@ -12,6 +12,7 @@ from pathlib import Path
 from conftest import Cli, make_keys, provider_env, read_jsonl, submit_jobs
 
 from batchrun.simulator import RunningSimulator
+from batchrun.units import Rate
 
 CONCURRENCY = 8
 
@@ -89,20 +90,23 @@ def test_sigterm_stops_cleanly_with_exit_3_and_the_next_run_finishes(cli: Cli, s
 
 
 def test_two_runners_on_one_sqlite_file_send_every_job_once(cli: Cli, sim: RunningSimulator, tmp_path: Path) -> None:
-    sim.config.latency = 0.05  # one runner alone would need > 2 s: both get a share
-    prompts = submit_jobs(cli, tmp_path, 1500)
+    # 2 keys of 20/1s: one runner alone would need ~7 s, so the second one gets a key handed over.
+    sim.config.rate_limit = Rate(20, 1.0)
+    prompts = submit_jobs(cli, tmp_path, 300)
     env = provider_env(sim, make_keys(2))
 
-    runners = [cli.popen("run", "--no-progress", env=env) for _ in range(2)]
+    runners = [cli.popen("run", "--no-progress", "--rate-limit", "20/1s", env=env) for _ in range(2)]
     outputs = [finish(runner, 120) for runner in runners]
 
     for runner, (out, err) in zip(runners, outputs):
         assert runner.returncode == 0, err
         assert "locked" not in err
     done_by_each = [int(out.split("succeeded: ")[1].split()[0]) for out, _ in outputs]
-    assert sum(done_by_each) == 1500 and min(done_by_each) > 0  # both really worked
+    assert sum(done_by_each) == 300 and min(done_by_each) > 0  # both really worked
     stats = sim.state.snapshot()
-    assert stats["completions_ok"] == 1500 and stats["duplicates"] == 0
+    assert stats["completions_ok"] == 300 and stats["duplicates"] == 0
+    # one runner per key at a time: no key ever went over its window, although both runners used it
+    assert max(stats["max_window"].values()) <= 20 and stats["by_status"] == {"200": 300}
     cli("export", "--output", str(tmp_path / "results.jsonl"))
     assert sorted(r["custom_id"] for r in read_jsonl(tmp_path / "results.jsonl")) == sorted(prompts)
 

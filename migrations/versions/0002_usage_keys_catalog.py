@@ -1,7 +1,7 @@
 """usage, key run stats and the model catalogue
 
 jobs: the model actually sent (after alias/fallback resolution), why a fallback was used, and the
-cost of the job's usage, the parameters dropped as unsupported (--drop-unsupported). api_keys: counts and rates of the last run that used the key. models: the
+cost of the job's usage, the parameters dropped as unsupported (--drop-unsupported). api_keys: counts and rates of the last run that used the key, and its lease to one runner. models: the
 provider's catalogue as last fetched.
 
 Revision ID: 0002
@@ -40,6 +40,8 @@ def upgrade() -> None:
         batch_op.add_column(sa.Column('last_run_at', sa.Float(), nullable=True))
         batch_op.add_column(sa.Column('rate_configured', sa.String(length=64), nullable=True))
         batch_op.add_column(sa.Column('rate_adapted', sa.String(length=64), nullable=True))
+        batch_op.add_column(sa.Column('lease_owner', sa.String(length=200), nullable=True))
+        batch_op.add_column(sa.Column('lease_expires', sa.Float(), nullable=True))
 
     with op.batch_alter_table('jobs', schema=None) as batch_op:
         batch_op.add_column(sa.Column('model_sent', sa.String(length=200), nullable=True))
@@ -56,6 +58,8 @@ def downgrade() -> None:
         batch_op.drop_column('model_sent')
 
     with op.batch_alter_table('api_keys', schema=None) as batch_op:
+        batch_op.drop_column('lease_expires')
+        batch_op.drop_column('lease_owner')
         batch_op.drop_column('rate_adapted')
         batch_op.drop_column('rate_configured')
         batch_op.drop_column('last_run_at')

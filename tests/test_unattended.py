@@ -1,0 +1,156 @@
+"""Unattended runs (cron at 01:00, read at 08:00): SIGKILL and resume many times, SIGTERM within the
+grace period, deadlines, spend caps, and a second runner that finds every key taken."""
+
+from __future__ import annotations
+
+import json
+import random
+import signal
+import time
+from pathlib import Path
+
+from conftest import Cli, make_keys, provider_env, read_jsonl, submit_jobs
+from test_crash import finish, wait_for
+
+from batchrun.simulator import RunningSimulator
+from batchrun.units import next_occurrence
+
+
+def exported(cli: Cli, tmp_path: Path) -> list[dict]:
+    assert cli("export", "--output", str(tmp_path / "results.jsonl")).returncode == 0
+    return read_jsonl(tmp_path / "results.jsonl")
+
+
+def test_five_sigkills_at_random_moments_then_resume_lose_and_repeat_nothing(
+        cli: Cli, sim: RunningSimulator, tmp_path: Path) -> None:
+    sim.config.latency = 0.02
+    sim.config.latency_jitter = 0.02
+    prompts = submit_jobs(cli, tmp_path, 600)
+    env = provider_env(sim, make_keys(2))
+    concurrency = 8
+    args = ("run", "--no-progress", "--concurrency", str(concurrency))
+    rng = random.Random()
+
+    for _ in range(5):
+        before = sim.state.snapshot()["completions_ok"]
+        process = cli.popen(*args, env=env)
+        # at a random moment once the run is under load
+        wait_for(lambda: sim.state.snapshot()["completions_ok"] >= before + rng.randint(5, 60), timeout=60)
+        process.send_signal(signal.SIGKILL)
+        finish(process, 10)
+        assert process.returncode == -signal.SIGKILL
+
+    final = cli(*args, env=env)
+
+    assert final.returncode == 0, final.stderr
+    results = exported(cli, tmp_path)
+    assert sorted(row["custom_id"] for row in results) == sorted(prompts)  # each exactly once
+    for row in results:
+        assert row["response"]["body"]["choices"][0]["message"]["content"] == "echo: " + prompts[row["custom_id"]]
+    stats = sim.state.snapshot()
+    # only requests in flight at a kill can have been answered twice
+    assert stats["duplicates"] <= 5 * concurrency, stats["duplicates"]
+    assert stats["completions_ok"] == 600 + stats["duplicates"]
+
+
+def test_sigterm_waits_for_requests_in_flight_up_to_the_grace_period(cli: Cli, sim: RunningSimulator,
+                                                                      tmp_path: Path) -> None:
+    sim.config.latency = 4.0  # answers take longer than the grace period
+    prompts = submit_jobs(cli, tmp_path, 12)
+    env = provider_env(sim, make_keys(1))
+
+    process = cli.popen("run", "--no-progress", "--concurrency", "4", "--grace", "1s", env=env)
+    wait_for(lambda: sim.state.snapshot()["in_flight"] == 4, timeout=30)
+    started = time.monotonic()
+    process.send_signal(signal.SIGTERM)
+    out, err = finish(process, 30)
+    took = time.monotonic() - started
+
+    assert process.returncode == 3, err
+    assert 0.9 <= took < 3.5, took  # waited for the grace period, not for the 4 s answers
+    assert "interrupted by SIGTERM" in err and "exit 3" in out and "grace" in err
+    status = json.loads(cli("status", "--json").stdout)
+    assert (status["batches"][0]["queued"], status["batches"][0]["running"]) == (12, 0)
+    assert status["last_run"]["exit_code"] == 3 and status["last_run"]["ended_at"] is not None
+
+    sim.config.latency = 0.0
+    assert cli("run", "--no-progress", env=env).returncode == 0
+    assert sorted(r["custom_id"] for r in exported(cli, tmp_path)) == sorted(prompts)
+
+
+def test_max_duration_stops_near_the_deadline_and_the_next_run_finishes(cli: Cli, sim: RunningSimulator,
+                                                                        tmp_path: Path) -> None:
+    sim.config.latency = 0.2
+    prompts = submit_jobs(cli, tmp_path, 200)  # ~10 s at concurrency 4
+    env = provider_env(sim, make_keys(1))
+
+    started = time.monotonic()
+    first = cli("run", "--no-progress", "--concurrency", "4", "--max-duration", "3s", env=env)
+    took = time.monotonic() - started
+
+    assert first.returncode == 3, first.stderr
+    assert 2.0 <= took <= 5.5, took
+    assert "deadline" in first.stdout + first.stderr
+    done = json.loads(cli("status", "--json").stdout)["batches"][0]
+    assert 0 < done["succeeded"] < 200 and done["running"] == 0
+
+    sim.config.latency = 0.0
+    second = cli("run", "--no-progress", env=env)
+    assert second.returncode == 0, second.stderr
+    assert sorted(r["custom_id"] for r in exported(cli, tmp_path)) == sorted(prompts)
+    assert sim.state.snapshot()["duplicates"] == 0
+
+
+def test_the_cost_cap_stops_the_run_before_it_is_crossed(cli: Cli, sim: RunningSimulator, tmp_path: Path) -> None:
+    # sim-small: $0.10 / M prompt tokens, $0.40 / M completion tokens; each job reserves
+    # 7 prompt + 50 max_tokens ≈ $0.0000207 and really spends less.
+    submit_jobs(cli, tmp_path, 300, extra={"max_tokens": 50})
+    env = provider_env(sim, make_keys(1))
+
+    result = cli("run", "--no-progress", "--concurrency", "8", "--max-cost", "0.001", env=env)
+
+    assert result.returncode == 3, result.stderr
+    assert "spend cap reached" in result.stdout + result.stderr
+    batch = json.loads(cli("status", "--json").stdout)["batches"][0]
+    assert 0 < batch["succeeded"] < 300 and batch["cost"] <= 0.001
+    assert sim.state.snapshot()["completions_ok"] == batch["succeeded"]
+
+
+def test_the_token_cap_counts_requests_in_flight(cli: Cli, sim: RunningSimulator, tmp_path: Path) -> None:
+    submit_jobs(cli, tmp_path, 300, extra={"max_tokens": 40})
+    env = provider_env(sim, make_keys(1))
+
+    result = cli("run", "--no-progress", "--concurrency", "16", "--max-tokens", "1500", env=env)
+
+    assert result.returncode == 3, result.stderr
+    batch = json.loads(cli("status", "--json").stdout)["batches"][0]
+    assert 0 < batch["succeeded"] < 300
+    assert batch["usage"]["total_tokens"] <= 1500
+    assert "--max-tokens 1500" in result.stdout + result.stderr
+
+
+def test_a_second_runner_finds_every_key_held_and_names_the_holder(cli: Cli, sim: RunningSimulator,
+                                                                   tmp_path: Path) -> None:
+    sim.config.latency = 0.5
+    submit_jobs(cli, tmp_path, 40)
+    env = provider_env(sim, make_keys(1))
+    first = cli.popen("run", "--no-progress", "--concurrency", "2", env=env)
+    wait_for(lambda: sim.state.snapshot()["completions_ok"] >= 1, timeout=30)
+
+    no_wait = cli("run", "--no-progress", "--no-wait", env=env)
+    waits = cli("run", "--no-progress", "--max-duration", "2s", env=env)
+    first.send_signal(signal.SIGTERM)
+    finish(first, 30)
+
+    assert no_wait.returncode == 3, no_wait.stderr
+    assert f"pid {first.pid}" in no_wait.stderr and "held by another runner" in no_wait.stderr
+    assert waits.returncode == 3, waits.stderr
+    assert "waiting for a key" in waits.stderr and "deadline" in waits.stdout + waits.stderr
+    # the key was only ever used by the first runner: its window stayed within one runner's pace
+    assert sim.state.snapshot()["max_in_flight"] <= 2
+
+
+def test_until_is_the_next_occurrence_of_a_local_time() -> None:
+    now = time.mktime((2026, 11, 22, 6, 30, 0, 0, 0, -1))
+    assert next_occurrence("07:00", now) - now == 30 * 60
+    assert next_occurrence("06:00", now) - now == 23.5 * 3600
