@@ -3,8 +3,8 @@
 EXIT_MEANINGS = {
     0: "all jobs finished, none failed",
     1: "finished; some jobs failed permanently (see `batchrun export --errors`)",
-    2: "usage error",
-    3: "stopped with work left; run again to continue",
-    4: "no usable API key left; the remaining jobs stay queued",
-    5: "the provider is unreachable or misconfigured",
+    2: "usage error (bad flag, no keys, no base URL, malformed key)",
+    3: "stopped with work left (signal, deadline, spend cap, keys held by another runner); run again to continue",
+    4: "no usable API key left or the organisation's budget is spent; the remaining jobs stay queued",
+    5: "the provider is unreachable or misconfigured (wrong base URL)",
 }
