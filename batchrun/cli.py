@@ -203,7 +203,8 @@ def run(batch: str | None, no_progress: bool, log_file: str | None, log_format: 
     from batchrun.progress import show_live, show_plain, summary_lines
     from batchrun.provider import ProviderClient
     from batchrun.retry import Backoff, RetryPolicy
-    from batchrun.runner import RunOptions, Runner
+    from batchrun.runner import Runner
+    from batchrun.runstate import RunOptions
 
     settings = build_settings({**flags, "db": db}, config_path)
     settings.require_provider()

@@ -21,7 +21,7 @@ from typing import IO, Any, Iterator
 
 import orjson
 
-from batchrun.store import ExportRow
+from batchrun.records import ExportRow
 
 
 def result_line(row: ExportRow) -> bytes:

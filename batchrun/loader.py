@@ -11,7 +11,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from batchrun.jobfile import BadLine, JobSpec, batch_name_for, open_job_file, read_jobs
-from batchrun.store import AddResult, Store
+from batchrun.records import AddResult
+from batchrun.store import Store
 
 CHUNK = 5000
 

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from typing import IO
 
 from batchrun.keys import KeyLane
-from batchrun.runner import RunReport, RunStats
+from batchrun.runstate import RunReport, RunStats
 
 log = logging.getLogger("batchrun.progress")
 

@@ -23,7 +23,6 @@ import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import orjson
@@ -43,12 +42,13 @@ from batchrun.errors import (
     RateLimited,
     TransientError,
 )
-from batchrun.exitcodes import EXIT_MEANINGS
 from batchrun.keys import KeyLane
-from batchrun.prechecks import Fallbacks, Prepared, Refused, prepare
+from batchrun.prechecks import Prepared, Refused, prepare
 from batchrun.provider import Completion, ProviderClient, RateHint
-from batchrun.retry import FAIL, REQUEUE, RETRY, Decision, RetryPolicy
-from batchrun.store import ClaimedJob, Failed, Outcome, Retry, Store, Succeeded
+from batchrun.records import ClaimedJob, Failed, Outcome, Retry, Succeeded
+from batchrun.retry import FAIL, REQUEUE, RETRY, Decision
+from batchrun.runstate import RunOptions, RunReport, RunStats
+from batchrun.store import Store
 
 log = logging.getLogger(__name__)
 summary_log = logging.getLogger("batchrun.progress")
@@ -60,87 +60,6 @@ CATALOG_REFRESH_INTERVAL = 5.0
 KEY_BALANCE_INTERVAL = 1.0
 #: the opening summary prechecks every queued job when there are at most this many (a few seconds)
 OPENING_PRECHECK_LIMIT = 20_000
-
-
-
-@dataclass(frozen=True)
-class RunOptions:
-    batch: str | None = None
-    concurrency: int = 32
-    lease: float = 60.0
-    flush_size: int = 500
-    policy: RetryPolicy = RetryPolicy()
-    fallbacks: Fallbacks = Fallbacks()
-    drop_unsupported: bool = False
-    #: after a stop (signal, deadline, cap), requests in flight get this long to finish
-    grace: float = 30.0
-    #: epoch seconds by which the run must have ended (--max-duration / --until)
-    deadline: float | None = None
-    max_cost: float | None = None
-    max_tokens: int | None = None
-    #: completion tokens assumed for a job without max_tokens when reserving against a spend cap
-    assumed_completion: int = 256
-    #: when other runners hold every key: wait for one (True) or stop with exit 3
-    wait_for_keys: bool = True
-
-
-@dataclass
-class RunStats:
-    """Live counters of this run, read by the progress display and the closing summary."""
-
-    total: int = 0
-    done_before: int = 0
-    succeeded: int = 0
-    failed: int = 0
-    retried: int = 0
-    rate_limited: int = 0
-    requests: int = 0
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    unverified: int = 0
-    truncated: int = 0
-    cost: float = 0.0
-    unpriced: int = 0
-    breaker_trips: int = 0
-    fallbacks: int = 0
-    catalog_refreshes: int = 0
-    failed_by_code: dict[str, int] = field(default_factory=dict)
-    #: model served -> [requests, prompt tokens, completion tokens, cost or None when unknown]
-    by_model: dict[str, list[Any]] = field(default_factory=dict)
-    started: float = field(default_factory=time.monotonic)
-
-    def add_usage(self, model: str, completion: Completion, cost: float | None) -> None:
-        self.prompt_tokens += completion.prompt_tokens or 0
-        self.completion_tokens += completion.completion_tokens or 0
-        entry = self.by_model.setdefault(model, [0, 0, 0, 0.0])
-        entry[0] += 1
-        entry[1] += completion.prompt_tokens or 0
-        entry[2] += completion.completion_tokens or 0
-        if cost is None:
-            self.unpriced += 1
-            entry[3] = None
-        else:
-            self.cost += cost
-            if entry[3] is not None:
-                entry[3] += cost
-
-    @property
-    def finished(self) -> int:
-        return self.succeeded + self.failed
-
-
-@dataclass(frozen=True)
-class RunReport:
-    exit_code: int
-    reason: str
-    stats: RunStats
-    duration: float
-    left: int
-    lanes: tuple[KeyLane, ...] = ()
-
-    @property
-    def meaning(self) -> str:
-        return EXIT_MEANINGS.get(self.exit_code, "")
 
 
 class Runner:

@@ -9,7 +9,8 @@ import pytest
 from alembic import command
 
 from batchrun.jobfile import JobSpec, parse_line
-from batchrun.store import Failed, Retry, Store, Succeeded, _alembic_config
+from batchrun.records import Failed, Retry, Succeeded
+from batchrun.store import Store, _alembic_config
 
 
 def specs(count: int, start: int = 0) -> list[JobSpec]:

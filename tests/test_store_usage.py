@@ -14,7 +14,8 @@ from sqlalchemy import text
 
 from batchrun.catalog import ModelInfo
 from batchrun.jobfile import JobSpec, parse_line
-from batchrun.store import Failed, Store, Succeeded, _alembic_config
+from batchrun.records import Failed, Succeeded
+from batchrun.store import Store, _alembic_config
 
 
 def specs(count: int, start: int = 0, model: str = "m") -> list[JobSpec]:

@@ -1,0 +1,206 @@
+"""The values the store returns and takes: frozen dataclasses, free of SQL.
+
+`store.Store` builds them from rows and writes them back; the runner, the loader, the exporter and the
+CLI use them without importing SQLAlchemy. `store` re-exports every name here, so
+`from batchrun.store import ClaimedJob` keeps working.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+
+class NewJob(Protocol):
+    """A validated job line ready to be queued (`jobfile.JobSpec` is one)."""
+
+    @property
+    def line(self) -> int: ...
+    @property
+    def custom_id(self) -> str: ...
+    @property
+    def model(self) -> str: ...
+    @property
+    def body_json(self) -> str: ...
+    @property
+    def body_hash(self) -> str: ...
+    @property
+    def prompt_chars(self) -> int: ...
+    @property
+    def max_tokens(self) -> int | None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class AddResult:
+    loaded: int
+    duplicates: int
+    conflicts: tuple[NewJob, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimedJob:
+    id: int
+    batch_id: int
+    custom_id: str
+    body: str
+    model: str
+    prompt_chars: int
+    max_tokens: int | None
+    attempts: int
+
+
+@dataclass(frozen=True, slots=True)
+class Succeeded:
+    job_id: int
+    attempts: int
+    key_id: str
+    status_code: int
+    request_id: str | None
+    response: str
+    model_served: str | None
+    finish_reason: str | None
+    prompt_tokens: int | None
+    completion_tokens: int | None
+    total_tokens: int | None
+    cost: float | None = None  # USD; None = unknown (no price or no usage)
+    model_sent: str | None = None  # the model id sent, after alias/fallback resolution
+    fallback_reason: str | None = None  # why a fallback model was sent; None if none was
+    dropped_parameters: str | None = None  # removed as unsupported (--drop-unsupported), comma-separated
+
+
+@dataclass(frozen=True, slots=True)
+class Failed:
+    job_id: int
+    attempts: int
+    key_id: str | None
+    status_code: int | None
+    response: str | None
+    error_code: str
+    error_message: str
+    model_sent: str | None = None
+    fallback_reason: str | None = None
+    dropped_parameters: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Retry:
+    """Back to the queue, not before `not_before`; the last error is kept for the record."""
+
+    job_id: int
+    attempts: int
+    not_before: float
+    key_id: str | None
+    status_code: int | None
+    response: str | None
+    error_code: str
+    error_message: str
+
+
+Outcome = Succeeded | Failed | Retry
+
+
+@dataclass(frozen=True, slots=True)
+class BatchCounts:
+    name: str
+    total: int
+    queued: int
+    running: int
+    succeeded: int
+    failed: int
+    cancelled: int
+    attempts: int
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+    failed_by_code: dict[str, int]
+    unverified: int = 0  # succeeded without a provider request id
+    truncated: int = 0  # succeeded with finish_reason "length"
+    fallbacks: int = 0  # succeeded on a fallback model
+    cost: float = 0.0  # USD of the jobs whose cost is known
+    priced: int = 0  # succeeded jobs whose cost is known
+
+    @property
+    def retries(self) -> int:
+        """Attempts beyond the first of every finished-or-tried job."""
+        return max(0, self.attempts - (self.succeeded + self.failed))
+
+
+@dataclass(frozen=True, slots=True)
+class Pending:
+    """What is left to do in the scope of a run, as far as the database knows."""
+
+    queued_now: int
+    queued_later: int
+    next_not_before: float | None
+    running: int
+    next_lease_expiry: float | None
+
+    @property
+    def empty(self) -> bool:
+        return not (self.queued_now or self.queued_later or self.running)
+
+
+@dataclass(frozen=True, slots=True)
+class ExportRow:
+    job_id: int
+    custom_id: str
+    state: str
+    model: str
+    model_served: str | None
+    attempts: int
+    key_id: str | None
+    status_code: int | None
+    request_id: str | None
+    response: str | None
+    error_code: str | None
+    error_message: str | None
+    finish_reason: str | None
+    model_sent: str | None = None
+    fallback_reason: str | None = None
+    cost: float | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    total_tokens: int | None = None
+    dropped_parameters: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class UsageRow:
+    """Usage of succeeded jobs under one key or one model."""
+
+    name: str
+    requests: int
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+    cost: float  # USD of the `priced` jobs
+    priced: int  # jobs whose cost is known
+
+
+@dataclass(frozen=True, slots=True)
+class KeyRecord:
+    """A key's sticky state and the counts of the last run that used it."""
+
+    id: str
+    state: str
+    reason: str | None
+    since: float
+    requests: int = 0
+    rate_limited: int = 0
+    errors: int = 0
+    last_run_at: float | None = None
+    rate_configured: str | None = None
+    rate_adapted: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RunnerRecord:
+    owner: str
+    host: str
+    pid: int
+    started_at: float
+    heartbeat_at: float
+    ended_at: float | None
+    exit_code: int | None
+    outcome: str | None
+
