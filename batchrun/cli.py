@@ -280,7 +280,8 @@ def status(batch: str | None, as_json: bool, db: str | None, config_path: str | 
     batch_id = _batch_id(store, batch)
     counts = store.counts(batch_id)
     keys = store.key_records()
-    last = store.last_runner()
+    last = store.last_runner(ended=True)
+    alive = store.runner_activity(RUNNER_STALE_AFTER)
     by_key, by_model = store.usage("key", batch_id), store.usage("model", batch_id)
     payload = {
         "batches": [{
@@ -298,6 +299,11 @@ def status(batch: str | None, as_json: bool, db: str | None, config_path: str | 
             "runner": last.owner, "started_at": last.started_at, "ended_at": last.ended_at,
             "exit_code": last.exit_code, "outcome": last.outcome,
         },
+        "runners": [{
+            "runner": a.runner.owner, "host": a.runner.host, "pid": a.runner.pid, "since": a.runner.started_at,
+            "heartbeat_at": a.runner.heartbeat_at, "jobs_leased": a.jobs_in_flight,
+            "keys_held": list(a.keys_held),
+        } for a in alive],
     }
     if as_json:
         click.echo(orjson.dumps(payload, option=orjson.OPT_INDENT_2).decode())
@@ -327,9 +333,12 @@ def status(batch: str | None, as_json: bool, db: str | None, config_path: str | 
                        f"{u.completion_tokens} completion tokens, cost {_cost_text(u.cost if u.priced else None)}")
     for k in keys.values():
         click.echo(f"key {k.id}: {k.state}" + (f" ({k.reason})" if k.reason else ""))
+    for a in alive:
+        click.echo(f"running: {a.runner.host} pid {a.runner.pid} since {_when(a.runner.started_at)}, "
+                   f"{a.jobs_in_flight} job(s) leased (in flight or about to be), keys held: {', '.join(a.keys_held) or 'none (waiting)'}")
     if last is not None:
-        ended = "still running" if last.ended_at is None else f"exit {last.exit_code}: {last.outcome}"
-        click.echo(f"last run: {last.owner}: {ended}")
+        click.echo(f"last run: {last.host} pid {last.pid}, ended {_when(last.ended_at)}: "
+                   f"exit {last.exit_code}: {last.outcome}")
 
 
 @cli.command()
@@ -384,6 +393,10 @@ def cancel(batch: str | None, db: str | None, config_path: str | None) -> None:
         click.echo(f"cancelled {cancelled} queued job(s){scope}; finished results stay{note}")
     else:
         click.echo(f"no queued job to cancel{scope}{note}")
+
+
+#: a runner whose heartbeat is older than this is not shown as alive (heartbeats come every lease / 3)
+RUNNER_STALE_AFTER = 180.0
 
 
 def _cost_text(cost: float | None) -> str:

@@ -204,3 +204,12 @@ class RunnerRecord:
     exit_code: int | None
     outcome: str | None
 
+
+@dataclass(frozen=True, slots=True)
+class RunnerActivity:
+    """A runner that has not ended: what it holds right now."""
+
+    runner: RunnerRecord
+    jobs_in_flight: int
+    keys_held: tuple[str, ...]
+

@@ -51,6 +51,7 @@ from batchrun.records import (
     Outcome,
     Pending,
     Retry,
+    RunnerActivity,
     RunnerRecord,
     Succeeded,
     UsageRow,
@@ -77,6 +78,7 @@ __all__ = [
     "Outcome",
     "Pending",
     "Retry",
+    "RunnerActivity",
     "RunnerRecord",
     "Succeeded",
     "UsageRow",
@@ -403,13 +405,36 @@ class Store:
                              .values(ended_at=time.time(), outcome="died (process gone)"))
         return dead
 
-    def last_runner(self) -> RunnerRecord | None:
+    def last_runner(self, ended: bool = False) -> RunnerRecord | None:
+        """The runner that started last (with `ended`: the last one that has ended)."""
+        query = select(runners.c.owner, runners.c.host, runners.c.pid, runners.c.started_at,
+                       runners.c.heartbeat_at, runners.c.ended_at, runners.c.exit_code, runners.c.outcome)
+        if ended:
+            query = query.where(runners.c.ended_at.is_not(None)).order_by(runners.c.ended_at.desc())
+        else:
+            query = query.order_by(runners.c.id.desc())
         with self._read() as conn:
-            row = conn.execute(select(runners.c.owner, runners.c.host, runners.c.pid, runners.c.started_at,
-                                      runners.c.heartbeat_at, runners.c.ended_at, runners.c.exit_code,
-                                      runners.c.outcome)
-                               .order_by(runners.c.id.desc()).limit(1)).first()
+            row = conn.execute(query.limit(1)).first()
         return None if row is None else RunnerRecord(*row)
+
+    def runner_activity(self, stale_after: float, now: float | None = None) -> list[RunnerActivity]:
+        """Runners alive now (not ended, heartbeat within `stale_after`): jobs in flight and keys held."""
+        now = time.time() if now is None else now
+        alive = self.live_runners(stale_after, now)
+        if not alive:
+            return []
+        owners = [r.owner for r in alive]
+        with self._read() as conn:
+            in_flight: dict[str, int] = dict(conn.execute(
+                select(jobs.c.lease_owner, func.count()).where(jobs.c.state == RUNNING, jobs.c.lease_owner.in_(owners))
+                .group_by(jobs.c.lease_owner)).all())
+            held: dict[str, list[str]] = {}
+            for key_id, owner in conn.execute(
+                    select(api_keys.c.id, api_keys.c.lease_owner)
+                    .where(api_keys.c.lease_owner.in_(owners), api_keys.c.lease_expires >= now)
+                    .order_by(api_keys.c.id)):
+                held.setdefault(owner, []).append(key_id)
+        return [RunnerActivity(r, int(in_flight.get(r.owner, 0)), tuple(held.get(r.owner, ()))) for r in alive]
 
     # --- keys ---
 

@@ -9,6 +9,8 @@ import subprocess
 import time
 from pathlib import Path
 
+import pytest
+
 from conftest import Cli, make_keys, provider_env, read_jsonl, submit_jobs
 
 from batchrun.simulator import RunningSimulator
@@ -16,6 +18,11 @@ from batchrun.units import Rate
 
 CONCURRENCY = 8
 
+
+@pytest.fixture
+def db_url(any_db_url: str) -> str:
+    """Every test here runs twice: on a SQLite file and on a PostgreSQL database of its own."""
+    return any_db_url
 
 def wait_for(predicate, timeout: float) -> None:  # type: ignore[no-untyped-def]
     deadline = time.monotonic() + timeout

@@ -6,12 +6,19 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+
+import pytest
 from typing import Any
 
 from conftest import Cli, make_keys, provider_env, read_jsonl, submit_jobs, write_jobs
 
 from batchrun.simulator import RunningSimulator
 
+
+@pytest.fixture
+def db_url(any_db_url: str) -> str:
+    """Every test here runs twice: on a SQLite file and on a PostgreSQL database of its own."""
+    return any_db_url
 
 def export(cli: Cli, tmp_path: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     result = cli("export", "--output", str(tmp_path / "results.jsonl"), "--errors", str(tmp_path / "errors.jsonl"))

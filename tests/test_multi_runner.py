@@ -67,3 +67,28 @@ def test_when_one_of_three_runners_is_killed_the_others_finish_its_jobs(pg_url: 
     stats = sim.state.snapshot()
     assert stats["duplicates"] <= 4  # at most what the victim had in flight
     assert max(stats["max_window"].values()) <= 20, stats["max_window"]
+
+
+def test_status_shows_the_runners_alive_with_their_jobs_and_keys(pg_url: str, sim: RunningSimulator,
+                                                                 tmp_path: Path) -> None:
+    import json
+
+    cli = Cli(tmp_path, {"BATCHRUN_DB": pg_url})
+    sim.config.latency = 2.0
+    submit_jobs(cli, tmp_path, 20)
+    env = provider_env(sim, make_keys(2))
+    runner = cli.popen("run", "--no-progress", "--concurrency", "3", env=env)
+    wait_for(lambda: sim.state.snapshot()["in_flight"] == 3, timeout=30)
+
+    status = json.loads(cli("status", "--json").stdout)
+    text = cli("status").stdout
+    runner.send_signal(signal.SIGINT)
+    runner.send_signal(signal.SIGINT)
+    finish(runner, 30)
+    after = json.loads(cli("status", "--json").stdout)
+
+    [alive] = status["runners"]
+    assert alive["pid"] == runner.pid and alive["keys_held"] == ["key1", "key2"]
+    assert alive["jobs_leased"] == 20  # claimed in one chunk, 3 of them sent
+    assert f"pid {runner.pid}" in text and "keys held: key1, key2" in text
+    assert after["runners"] == [] and after["last_run"]["exit_code"] == 3

@@ -7,11 +7,18 @@ import json
 import time
 from pathlib import Path
 
+import pytest
+
 from conftest import FAST_RETRY, Cli, make_keys, provider_env, read_jsonl, submit_jobs, write_jobs
 
 from batchrun.simulator import RunningSimulator
 from batchrun.units import Rate
 
+
+@pytest.fixture
+def db_url(any_db_url: str) -> str:
+    """Every test here runs twice: on a SQLite file and on a PostgreSQL database of its own."""
+    return any_db_url
 
 def export(cli: Cli, tmp_path: Path) -> tuple[list[dict], list[dict]]:
     result = cli("export", "--output", str(tmp_path / "results.jsonl"), "--errors", str(tmp_path / "errors.jsonl"))
