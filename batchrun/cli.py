@@ -329,7 +329,7 @@ def status(batch: str | None, as_json: bool, db: str | None, config_path: str | 
             click.echo(f"  served by a fallback model: {c.fallbacks}")
     for title, rows in (("model", by_model), ("key", by_key)):
         for u in rows:
-            click.echo(f"{title} {u.name}: {u.requests} results, {u.prompt_tokens} prompt + "
+            click.echo(f"usage by {title} {u.name or '-'}: {u.requests} results, {u.prompt_tokens} prompt + "
                        f"{u.completion_tokens} completion tokens, cost {_cost_text(u.cost if u.priced else None)}")
     for k in keys.values():
         click.echo(f"key {k.id}: {k.state}" + (f" ({k.reason})" if k.reason else ""))
