@@ -367,6 +367,47 @@ def read_jobs(stream: IO[bytes], filename: str) -> Iterator[JobSpec | BadLine]:
         raise InputError(f"cannot read job file {filename}: {exc.strerror or exc}") from exc
 
 
+@dataclass(frozen=True, slots=True)
+class LineChunk:
+    """Consecutive raw lines of a job file, the first of them numbered `first_line`."""
+
+    first_line: int
+    lines: list[bytes]
+
+    @property
+    def digest(self) -> str:
+        """sha256 of the raw bytes: the same lines at the same place are the same jobs."""
+        digest = hashlib.sha256()
+        for line in self.lines:
+            digest.update(line)
+        return digest.hexdigest()
+
+    def parse(self) -> Iterator[JobSpec | BadLine]:
+        for number, text in enumerate(self.lines, self.first_line):
+            result = parse_line(text, number)
+            if result is not None:
+                yield result
+
+
+def read_line_chunks(stream: IO[bytes], filename: str, size: int) -> Iterator[LineChunk]:
+    """The raw lines of a job file in chunks of `size` (a leading UTF-8 byte order mark removed)."""
+    first_line = 1
+    lines: list[bytes] = []
+    try:
+        for text in stream:
+            if first_line == 1 and not lines and text.startswith(_BOM):
+                text = text[len(_BOM):]
+            lines.append(text)
+            if len(lines) >= size:
+                yield LineChunk(first_line, lines)
+                first_line += len(lines)
+                lines = []
+    except OSError as exc:
+        raise InputError(f"cannot read job file {filename}: {exc.strerror or exc}") from exc
+    if lines:
+        yield LineChunk(first_line, lines)
+
+
 @contextmanager
 def open_job_file(path: str) -> Iterator[tuple[IO[bytes], str]]:
     """Open a job file for `read_jobs`: yields (binary stream, display name); ``-`` is standard input."""

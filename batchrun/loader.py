@@ -6,11 +6,11 @@ whole file and nothing is loaded (everything happens in one transaction that is 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from batchrun.jobfile import BadLine, JobSpec, batch_name_for, open_job_file, read_jobs
+from batchrun.jobfile import BadLine, JobSpec, LineChunk, batch_name_for, open_job_file, read_line_chunks
 from batchrun.records import AddResult
 from batchrun.store import Store
 
@@ -37,49 +37,61 @@ class _StrictRollback(Exception):
 
 def submit_file(store: Store, path: str, batch: str | None, strict: bool,
                 report: Callable[[str], None]) -> SubmitReport:
-    """Load `path` ("-" for stdin) into batch `batch` (default: the file's stem)."""
+    """Load `path` ("-" for stdin) into batch `batch` (default: the file's stem).
+
+    The file is read in chunks of raw lines. A chunk that loaded cleanly before (same bytes, same
+    place, same batch) is counted as duplicates without being parsed again: resubmitting a file, or a
+    file that grew at its end, costs little more than reading it.
+    """
     name = batch or batch_name_for(path)
     tally = {"loaded": 0, "duplicates": 0, "conflicts": 0, "rejected": 0}
     with open_job_file(path) as (stream, display):
-        batch_id = 0
+        known_batch = store.batch_id(name)
+        batch_id = known_batch or 0
 
-        def add(chunk: list[JobSpec], conn: Any) -> None:
+        def load(chunk: LineChunk, conn: Any) -> None:
             nonlocal batch_id
+            digest = chunk.digest
+            if known_batch is not None:
+                seen = store.known_chunk(known_batch, chunk.first_line, len(chunk.lines), digest, conn)
+                if seen is not None:
+                    tally["duplicates"] += seen
+                    return
+            specs: list[JobSpec] = []
+            clean = True
+            for item in chunk.parse():
+                if isinstance(item, BadLine):
+                    clean = False
+                    tally["rejected"] += 1
+                    report(item.format(display))
+                else:
+                    specs.append(item)
+            if not specs:
+                return
             batch_id = batch_id or store.ensure_batch(name, conn)
-            result: AddResult = store.add_jobs(batch_id, chunk, conn)
+            result: AddResult = store.add_jobs(batch_id, specs, conn)
             tally["loaded"] += result.loaded
             tally["duplicates"] += result.duplicates
             for job in result.conflicts:
+                clean = False
                 tally["conflicts"] += 1
                 report(f"{display}:{job.line}: custom_id: {job.custom_id!r} is already queued with a "
                        "different body (conflict; not loaded)")
+            if clean:
+                store.record_chunk(batch_id, chunk.first_line, len(chunk.lines), digest, len(specs), conn)
 
-        def chunks() -> Iterator[list[JobSpec]]:
-            chunk: list[JobSpec] = []
-            for item in read_jobs(stream, display):
-                if isinstance(item, BadLine):
-                    tally["rejected"] += 1
-                    report(item.format(display))
-                    continue
-                chunk.append(item)
-                if len(chunk) >= CHUNK:
-                    yield chunk
-                    chunk = []
-            if chunk:
-                yield chunk
-
+        chunks = read_line_chunks(stream, display, CHUNK)
         if not strict:
-            for chunk in chunks():
+            for chunk in chunks:
                 with store.transaction() as conn:
-                    add(chunk, conn)
+                    load(chunk, conn)
         else:
             try:
                 with store.transaction() as conn:
-                    for chunk in chunks():
-                        add(chunk, conn)
+                    for chunk in chunks:
+                        load(chunk, conn)
                     if tally["rejected"] or tally["conflicts"]:
                         raise _StrictRollback
             except _StrictRollback:
                 return SubmitReport(name, 0, 0, tally["conflicts"], tally["rejected"], strict_rejected=True)
     return SubmitReport(name, tally["loaded"], tally["duplicates"], tally["conflicts"], tally["rejected"])
-

@@ -49,6 +49,19 @@ class BatchRow(Base):
     created_at: Mapped[float] = mapped_column(Float)
 
 
+class SubmittedChunk(Base):
+    """A run of lines of a job file that loaded cleanly (no bad line, no conflict): submitting the same
+    bytes at the same place of the same batch again needs no parsing — every line is a duplicate."""
+
+    __tablename__ = "submitted_chunks"
+
+    batch_id: Mapped[int] = mapped_column(Id, ForeignKey("batches.id"), primary_key=True)
+    first_line: Mapped[int] = mapped_column(Integer, primary_key=True)
+    line_count: Mapped[int] = mapped_column(Integer, primary_key=True)
+    digest: Mapped[str] = mapped_column(String(64), primary_key=True)  # sha256 of the raw lines
+    jobs: Mapped[int] = mapped_column(Integer)  # job lines among them (blank lines are not jobs)
+
+
 class JobRow(Base):
     """One request of a batch, from queued to a finished result or failure."""
 
@@ -160,6 +173,7 @@ class RunnerRow(Base):
 
 jobs = cast(Table, JobRow.__table__)
 batches = cast(Table, BatchRow.__table__)
+submitted_chunks = cast(Table, SubmittedChunk.__table__)
 api_keys = cast(Table, KeyRow.__table__)
 runners = cast(Table, RunnerRow.__table__)
 models = cast(Table, ModelRow.__table__)

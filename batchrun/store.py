@@ -56,7 +56,7 @@ from batchrun.records import (
     Succeeded,
     UsageRow,
 )
-from batchrun.schema import SCHEMA_REVISION, api_keys, batches, jobs, models, runners
+from batchrun.schema import SCHEMA_REVISION, api_keys, batches, jobs, models, runners, submitted_chunks
 
 __all__ = [
     "CANCELLED",
@@ -177,6 +177,24 @@ class Store:
         return int(conn.execute(
             insert(batches).values(name=name, created_at=time.time()).returning(batches.c.id)
         ).scalar_one())
+
+    def known_chunk(self, batch_id: int, first_line: int, line_count: int, digest: str,
+                    conn: Connection | None = None) -> int | None:
+        """The number of jobs of a clean chunk submitted before with these exact bytes, else None."""
+        query = select(submitted_chunks.c.jobs).where(
+            submitted_chunks.c.batch_id == batch_id, submitted_chunks.c.first_line == first_line,
+            submitted_chunks.c.line_count == line_count, submitted_chunks.c.digest == digest)
+        if conn is not None:
+            return conn.execute(query).scalar()
+        with self._read() as own:
+            return own.execute(query).scalar()
+
+    def record_chunk(self, batch_id: int, first_line: int, line_count: int, digest: str, job_count: int,
+                     conn: Connection) -> None:
+        """Remember a chunk that loaded cleanly (in the transaction that loaded it)."""
+        key = {"batch_id": batch_id, "first_line": first_line, "line_count": line_count, "digest": digest}
+        if conn.execute(select(submitted_chunks.c.jobs).filter_by(**key)).first() is None:
+            conn.execute(insert(submitted_chunks).values(**key, jobs=job_count))
 
     def batch_id(self, name: str) -> int | None:
         with self._read() as conn:

@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from conftest import Cli, write_jobs
 
 GOOD = {"model": "fast", "messages": [{"role": "user", "content": "hi"}]}
@@ -129,3 +131,46 @@ def test_bad_database_url_says_what_is_wrong(cli: Cli, tmp_path: Path) -> None:
     result = cli("submit", str(job_file), env={"BATCHRUN_DB": "sqlite:////no/such/folder/q.db"})
     assert result.returncode != 0
     assert "/no/such/folder" in result.stderr and "does not exist" in result.stderr
+
+
+def test_resubmitting_skips_clean_chunks_without_parsing_and_reports_bad_lines_again(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from batchrun import loader
+    from batchrun.jobfile import LineChunk
+    from batchrun.store import Store
+
+    monkeypatch.setattr(loader, "CHUNK", 4)
+    parsed: list[int] = []
+    real_parse = LineChunk.parse
+
+    def counting_parse(self: LineChunk):  # type: ignore[no-untyped-def]
+        parsed.append(self.first_line)
+        return real_parse(self)
+
+    monkeypatch.setattr(LineChunk, "parse", counting_parse)
+    path = tmp_path / "grow.jsonl"
+    lines = [line({"custom_id": f"c{i}", **GOOD}) for i in range(10)]
+    lines[6] = "{broken"  # lines 5-8 are one chunk with a bad line in it
+    path.write_text("\n".join(lines) + "\n")
+    messages: list[str] = []
+    with Store.open(f"sqlite:///{tmp_path / 'q.db'}") as store:
+        first = loader.submit_file(store, str(path), None, False, messages.append)
+        parsed.clear()
+        messages.clear()
+        second = loader.submit_file(store, str(path), None, False, messages.append)
+        # the file grows by two lines and one line of the first chunk changes its body
+        lines[0] = line({"custom_id": "c0", "model": "fast", "messages": [{"role": "user", "content": "other"}]})
+        path.write_text("\n".join(lines + [line({"custom_id": "new1", **GOOD}), line({"custom_id": "new2", **GOOD})])
+                        + "\n")
+        parsed_second = list(parsed)
+        parsed.clear()
+        messages_second = list(messages)
+        messages.clear()
+        third = loader.submit_file(store, str(path), None, False, messages.append)
+
+    assert (first.loaded, first.rejected) == (9, 1)
+    assert (second.loaded, second.duplicates, second.rejected) == (0, 9, 1)
+    assert parsed_second == [5]  # the clean chunks (lines 1-4 and 9-10) were not parsed again
+    assert len(messages_second) == 1 and messages_second[0].startswith(f"{path}:7: not valid JSON")
+    assert (third.loaded, third.conflicts, third.rejected) == (2, 1, 1)
+    assert 1 in parsed and any(m.startswith(f"{path}:1: custom_id: 'c0'") for m in messages)

@@ -2,7 +2,8 @@
 
 jobs: the model actually sent (after alias/fallback resolution), why a fallback was used, and the
 cost of the job's usage, the parameters dropped as unsupported (--drop-unsupported). api_keys: counts and rates of the last run that used the key, and its lease to one runner. models: the
-provider's catalogue as last fetched.
+provider's catalogue as last fetched. submitted_chunks: clean runs of job-file lines, so that
+resubmitting a file needs no parsing.
 
 Revision ID: 0002
 Revises: 0001
@@ -21,6 +22,15 @@ depends_on = None
 
 
 def upgrade() -> None:
+    op.create_table('submitted_chunks',
+    sa.Column('batch_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
+    sa.Column('first_line', sa.Integer(), nullable=False),
+    sa.Column('line_count', sa.Integer(), nullable=False),
+    sa.Column('digest', sa.String(length=64), nullable=False),
+    sa.Column('jobs', sa.Integer(), nullable=False),
+    sa.ForeignKeyConstraint(['batch_id'], ['batches.id'], name=op.f('fk_submitted_chunks_batch_id_batches')),
+    sa.PrimaryKeyConstraint('batch_id', 'first_line', 'line_count', 'digest', name=op.f('pk_submitted_chunks'))
+    )
     op.create_table('models',
     sa.Column('id', sa.String(length=200), nullable=False),
     sa.Column('alias_for', sa.String(length=200), nullable=True),
@@ -51,6 +61,7 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    op.drop_table('submitted_chunks')
     with op.batch_alter_table('jobs', schema=None) as batch_op:
         batch_op.drop_column('dropped_parameters')
         batch_op.drop_column('cost')
