@@ -382,11 +382,18 @@ class LineChunk:
             digest.update(line)
         return digest.hexdigest()
 
-    def parse(self) -> Iterator[JobSpec | BadLine]:
-        for number, text in enumerate(self.lines, self.first_line):
-            result = parse_line(text, number)
-            if result is not None:
-                yield result
+    def parse(self) -> list[JobSpec | BadLine]:
+        return parse_lines(self.first_line, self.lines)
+
+
+def parse_lines(first_line: int, lines: list[bytes]) -> list[JobSpec | BadLine]:
+    """Every job and bad line of consecutive raw lines (blank lines left out); runs in a worker process."""
+    results = []
+    for number, text in enumerate(lines, first_line):
+        result = parse_line(text, number)
+        if result is not None:
+            results.append(result)
+    return results
 
 
 def read_line_chunks(stream: IO[bytes], filename: str, size: int) -> Iterator[LineChunk]:

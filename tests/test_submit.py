@@ -174,3 +174,25 @@ def test_resubmitting_skips_clean_chunks_without_parsing_and_reports_bad_lines_a
     assert len(messages_second) == 1 and messages_second[0].startswith(f"{path}:7: not valid JSON")
     assert (third.loaded, third.conflicts, third.rejected) == (2, 1, 1)
     assert 1 in parsed and any(m.startswith(f"{path}:1: custom_id: 'c0'") for m in messages)
+
+
+def test_a_large_file_parsed_in_a_worker_process_loads_the_same(tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    from batchrun import loader
+    from batchrun.store import Store
+
+    monkeypatch.setattr(loader, "PARALLEL_FROM_BYTES", 0)  # every file counts as large
+    monkeypatch.setattr(loader, "CHUNK", 7)
+    path = tmp_path / "big.jsonl"
+    lines = [line({"custom_id": f"c{i}", **GOOD}) for i in range(50)]
+    lines[20] = "[1]"
+    lines[33] = line({"custom_id": "c5", "model": "other", "messages": [{"role": "user", "content": "x"}]})
+    path.write_text("\n".join(lines) + "\n")
+    messages: list[str] = []
+    with Store.open(f"sqlite:///{tmp_path / 'q.db'}") as store:
+        report = loader.submit_file(store, str(path), None, False, messages.append)
+        rows = list(store.export_rows(["queued"]))
+
+    assert (report.loaded, report.rejected, report.conflicts) == (48, 1, 1)
+    assert [m.split(":")[1] for m in messages] == ["21", "34"]  # in file order
+    assert [r.custom_id for r in rows] == [f"c{i}" for i in range(50) if i not in (20, 33)]
