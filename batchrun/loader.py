@@ -7,14 +7,9 @@ whole file and nothing is loaded (everything happens in one transaction that is 
 from __future__ import annotations
 
 import contextlib
-import io
-import multiprocessing
-import os
-from collections import deque
-from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ProcessPoolExecutor
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import IO, Any
+from typing import Any
 
 from batchrun.jobfile import (
     BadLine,
@@ -22,7 +17,6 @@ from batchrun.jobfile import (
     LineChunk,
     batch_name_for,
     open_job_file,
-    parse_lines,
     read_line_chunks,
 )
 from batchrun.records import AddResult
@@ -55,12 +49,14 @@ def submit_file(store: Store, path: str, batch: str | None, strict: bool,
 
     The file is read in chunks of raw lines. A chunk that loaded cleanly before (same bytes, same
     place, same batch) is counted as duplicates without being parsed again: resubmitting a file, or a
-    file that grew at its end, costs little more than reading it. A large file is parsed in a worker
-    process while this one writes the previous chunk to the database.
+    file that grew at its end, costs little more than reading it.
+
+    (Parsing in a worker process while this one writes was tried and measured slower on 2 cores:
+    sending 5,000 parsed jobs back costs about half of parsing them. See docs/benchmarks.md.)
     """
     name = batch or batch_name_for(path)
     tally = {"loaded": 0, "duplicates": 0, "conflicts": 0, "rejected": 0}
-    with open_job_file(path) as (stream, display), _parser(stream) as parse:
+    with open_job_file(path) as (stream, display):
         known_batch = store.batch_id(name)
         batch_id = known_batch or 0
 
@@ -90,8 +86,6 @@ def submit_file(store: Store, path: str, batch: str | None, strict: bool,
                 store.record_chunk(batch_id, chunk.first_line, len(chunk.lines), digest, len(specs), conn)
 
         def load_all(conn_for: Callable[[], Any]) -> None:
-            # Chunks go to the parser ahead of the one being written, in file order.
-            ahead: deque[tuple[LineChunk, str, Future[list[JobSpec | BadLine]] | None]] = deque()
             for chunk in read_line_chunks(stream, display, CHUNK):
                 digest = chunk.digest
                 if known_batch is not None:
@@ -99,17 +93,8 @@ def submit_file(store: Store, path: str, batch: str | None, strict: bool,
                     if seen is not None:
                         tally["duplicates"] += seen
                         continue
-                ahead.append((chunk, digest, parse(chunk)))
-                while len(ahead) > PARSE_AHEAD:
-                    _write(ahead.popleft(), conn_for)
-            while ahead:
-                _write(ahead.popleft(), conn_for)
-
-        def _write(item: tuple[LineChunk, str, Any], conn_for: Callable[[], Any]) -> None:
-            chunk, digest, future = item
-            parsed = future.result() if isinstance(future, Future) else future
-            with conn_for() as conn:
-                load(chunk, digest, parsed, conn)
+                with conn_for() as conn:
+                    load(chunk, digest, chunk.parse(), conn)
 
         if not strict:
             load_all(store.transaction)
@@ -122,24 +107,3 @@ def submit_file(store: Store, path: str, batch: str | None, strict: bool,
             except _StrictRollback:
                 return SubmitReport(name, 0, 0, tally["conflicts"], tally["rejected"], strict_rejected=True)
     return SubmitReport(name, tally["loaded"], tally["duplicates"], tally["conflicts"], tally["rejected"])
-
-
-#: chunks parsed ahead of the one being written (bounded: memory stays flat)
-PARSE_AHEAD = 2
-#: files smaller than this are parsed in this process: a worker costs more than it saves
-PARALLEL_FROM_BYTES = 4 << 20
-
-
-@contextlib.contextmanager
-def _parser(stream: IO[bytes]) -> Iterator[Callable[[LineChunk], Any]]:
-    """A function that parses a chunk: in a worker process for a large file (its result is a Future),
-    here otherwise (its result is the list)."""
-    try:
-        size = os.fstat(stream.fileno()).st_size
-    except (OSError, ValueError, io.UnsupportedOperation):
-        size = 0  # a pipe: unknown size
-    if size < PARALLEL_FROM_BYTES or (os.cpu_count() or 1) < 2:
-        yield lambda chunk: chunk.parse()
-        return
-    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("fork")) as pool:
-        yield lambda chunk: pool.submit(parse_lines, chunk.first_line, chunk.lines)

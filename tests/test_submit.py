@@ -176,12 +176,11 @@ def test_resubmitting_skips_clean_chunks_without_parsing_and_reports_bad_lines_a
     assert 1 in parsed and any(m.startswith(f"{path}:1: custom_id: 'c0'") for m in messages)
 
 
-def test_a_large_file_parsed_in_a_worker_process_loads_the_same(tmp_path: Path,
-                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+def test_jobs_load_in_file_order_across_chunks_and_conflicts_span_chunks(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     from batchrun import loader
     from batchrun.store import Store
 
-    monkeypatch.setattr(loader, "PARALLEL_FROM_BYTES", 0)  # every file counts as large
     monkeypatch.setattr(loader, "CHUNK", 7)
     path = tmp_path / "big.jsonl"
     lines = [line({"custom_id": f"c{i}", **GOOD}) for i in range(50)]
