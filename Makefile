@@ -26,5 +26,14 @@ typecheck: install
 
 check: typecheck test
 
+$(BIN)/.bench-installed: $(BIN)/.installed pyproject.toml
+	$(BIN)/pip install --quiet -e '.[test,bench]'
+	touch $@
+
+## The benchmark suite of issue 7 (under 10 minutes on 2 cores); rewrites docs/benchmarks.md.
+## Some only: make bench BENCH_ARGS="dispatch latency --reps 5"
+bench: $(BIN)/.bench-installed
+	$(BIN)/python -m bench $(BENCH_ARGS)
+
 clean:
 	rm -rf demo .pytest_cache .mypy_cache

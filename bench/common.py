@@ -1,0 +1,451 @@
+"""What every benchmark shares: pinned subprocesses, the simulator, job files, statistics, results.
+
+The machine is small and noisy, so the rules are built in here:
+  * the simulator runs on core 1 and the program under test on core 0 (`taskset`), one at a time;
+  * a process is timed from spawn to exit, and its own peak RSS and CPU time come from `os.wait4`;
+  * every figure is a `Series` of repetitions, shown as median (min–max, n);
+  * comparisons are ratios of runs made in the same repetition, alternating, never of separate sessions.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import random
+import re
+import resource
+import shutil
+import signal
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import orjson
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH = Path(__file__).resolve().parent
+CACHE = BENCH / ".cache"
+BIN = Path(sys.executable).parent
+BATCHRUN = str(BIN / "batchrun")
+PYTHON = sys.executable
+TASKSET = shutil.which("taskset") or "/usr/bin/taskset"
+RUNNER_CPU, SIM_CPU = "0", "1"
+#: a stuck process is killed after this long, so one bad run cannot hang the suite
+DEFAULT_TIMEOUT = 300.0
+
+
+# --- processes ----------------------------------------------------------------------------------
+
+@dataclass
+class Proc:
+    """One finished process: wall time from spawn to exit, its own peak RSS and CPU time, output."""
+
+    cmd: list[str]
+    returncode: int
+    wall: float
+    maxrss_mb: float
+    cpu: float
+    stdout: str
+    stderr: str
+
+    def check(self) -> Proc:
+        if self.returncode != 0:
+            raise RuntimeError(f"{shown(self.cmd)} exited {self.returncode}:\n{self.stdout[-2000:]}"
+                               f"\n{self.stderr[-2000:]}")
+        return self
+
+
+class Started:
+    """A running pinned process; `wait()` reaps it with `os.wait4`, so its rusage is its own."""
+
+    def __init__(self, cmd: Sequence[str], env: dict[str, str] | None = None, cpu: str = RUNNER_CPU,
+                 cwd: Path | None = None, timeout: float = DEFAULT_TIMEOUT) -> None:
+        self.cmd = list(cmd)
+        self._out: IO[bytes] = tempfile.TemporaryFile()
+        self._err: IO[bytes] = tempfile.TemporaryFile()
+        self.started = time.perf_counter()
+        # taskset execs the command, so the pid (and the rusage) is the program's own; the working
+        # directory is a neutral one, so no ./batchrun.toml changes what is measured
+        self.popen = subprocess.Popen([TASKSET, "-c", cpu, *self.cmd], stdout=self._out, stderr=self._err,
+                                      env=env, cwd=cwd or tempfile.gettempdir())
+        self._watchdog = threading.Timer(timeout, self._kill)
+        self._watchdog.daemon = True
+        self._watchdog.start()
+
+    def _kill(self) -> None:
+        if self.popen.returncode is None:
+            self.popen.kill()
+
+    def send_signal(self, signum: int = signal.SIGINT) -> None:
+        self.popen.send_signal(signum)
+
+    def wait(self) -> Proc:
+        _, status, usage = os.wait4(self.popen.pid, 0)
+        wall = time.perf_counter() - self.started
+        self._watchdog.cancel()
+        self.popen.returncode = os.waitstatus_to_exitcode(status)
+        outputs = []
+        for stream in (self._out, self._err):
+            stream.seek(0)
+            outputs.append(stream.read().decode(errors="replace"))
+            stream.close()
+        return Proc(self.cmd, self.popen.returncode, wall, usage.ru_maxrss / 1024, usage.ru_utime + usage.ru_stime,
+                    outputs[0], outputs[1])
+
+
+def run(cmd: Sequence[str], env: dict[str, str] | None = None, cpu: str = RUNNER_CPU, cwd: Path | None = None,
+        timeout: float = DEFAULT_TIMEOUT) -> Proc:
+    return Started(cmd, env, cpu, cwd, timeout).wait()
+
+
+def batchrun_env(db: Path | None = None, base_url: str | None = None, keys: Sequence[str] = ("bench1:secret1",),
+                 ) -> dict[str, str]:
+    """This environment minus any BATCHRUN_* setting, plus the database, provider and keys given."""
+    env = {name: value for name, value in os.environ.items() if not name.startswith("BATCHRUN_")}
+    if db is not None:
+        env["BATCHRUN_DB"] = f"sqlite:///{db}"
+    if base_url is not None:
+        env["BATCHRUN_BASE_URL"] = base_url
+    env["BATCHRUN_API_KEYS"] = ",".join(keys)
+    return env
+
+
+def shown(cmd: Sequence[str]) -> str:
+    """A command as a reader would type it: `batchrun …`, `python bench/…`, temp paths shortened."""
+    words = []
+    for word in cmd:
+        if word == BATCHRUN:
+            word = "batchrun"
+        elif word == PYTHON:
+            word = "python"
+        elif word.startswith(str(BENCH)):
+            word = "bench/" + word[len(str(BENCH)) + 1:]
+        words.append(word)
+    text = " ".join(words)
+    text = re.sub(r"http://127\.0\.0\.1:\d+/v1", "$SIM", text)
+    return re.sub(re.escape(tempfile.gettempdir()) + r"/(?:[\w.-]+/)+", "$TMP/", text)
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds all cores have spent busy since boot (/proc/stat), steal time included."""
+    user, nice, system, _idle, _iowait, irq, softirq, steal = map(int, Path("/proc/stat").read_text().split()[1:9])
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+def own_cpu_seconds() -> float:
+    """CPU seconds of this process and of every child it has reaped (the simulator, the clients)."""
+    me, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + children.ru_utime + children.ru_stime
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a live process so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+# --- the simulator ------------------------------------------------------------------------------
+
+class Simulator:
+    """`batchrun simulate` on its own core, with its counters one HTTP call away."""
+
+    def __init__(self, *flags: str) -> None:
+        self.flags = list(flags)
+        self.cmd = [BATCHRUN, "simulate", "--port", "0", *self.flags]
+        self._log = tempfile.NamedTemporaryFile(prefix="bench-sim-", suffix=".log")
+        self.popen = subprocess.Popen([TASKSET, "-c", SIM_CPU, *self.cmd], stdout=self._log,
+                                      stderr=subprocess.STDOUT, env=batchrun_env(), cwd=tempfile.gettempdir())
+        deadline = time.monotonic() + 20
+        while not (found := re.search(r"listening on (http://\S+)", Path(self._log.name).read_text())):
+            if self.popen.poll() is not None or time.monotonic() > deadline:
+                self.close()
+                raise RuntimeError(f"the simulator did not start: {Path(self._log.name).read_text()}")
+            time.sleep(0.05)
+        self.base_url = found.group(1)
+        host, port = self.base_url.split("//")[1].split("/")[0].split(":")
+        self._host, self._port = host, int(port)
+        self._conn: http.client.HTTPConnection | None = None
+
+    def _call(self, method: str, path: str) -> Any:
+        for attempt in (1, 2):
+            try:
+                if self._conn is None:
+                    self._conn = http.client.HTTPConnection(self._host, self._port, timeout=10)
+                self._conn.request(method, path)
+                return json.loads(self._conn.getresponse().read())
+            except (OSError, http.client.HTTPException):
+                self._conn = None
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
+
+    @property
+    def command(self) -> str:
+        return f"taskset -c {SIM_CPU} {shown(self.cmd)}"
+
+    def stats(self) -> dict[str, Any]:
+        result: dict[str, Any] = self._call("GET", "/_sim/stats")
+        return result
+
+    def reset(self) -> None:
+        self._call("POST", "/_sim/reset")
+
+    def cpu_seconds(self) -> float:
+        return cpu_seconds(self.popen.pid)
+
+    def close(self) -> None:
+        if self.popen.poll() is None:
+            self.popen.terminate()
+            try:
+                self.popen.wait(10)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait()
+        self._log.close()
+
+    def __enter__(self) -> Simulator:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class Watch:
+    """Samples the simulator's request count in a thread while a program runs against it.
+
+    From the samples: when the first request arrived and when the last one did (to within the
+    sampling interval), so a rate can be measured at the simulator, without the program's start-up.
+    """
+
+    def __init__(self, sim: Simulator, interval: float = 0.02) -> None:
+        self._sim = sim
+        self._interval = interval
+        self._stop = threading.Event()
+        self.samples: list[tuple[float, int]] = []
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+        self._thread.start()
+
+    def _poll(self) -> None:
+        while not self._stop.is_set():
+            self.samples.append((time.perf_counter(), int(self._sim.stats()["requests_total"])))
+            self._stop.wait(self._interval)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.samples.append((time.perf_counter(), int(self._sim.stats()["requests_total"])))
+
+    def rate(self) -> float | None:
+        """Requests per second between the first sample that saw a request and the first that saw them all."""
+        final = self.samples[-1][1]
+        seen = [(t, n) for t, n in self.samples if n > 0]
+        if not seen:
+            return None
+        t0, n0 = seen[0]
+        t1 = next(t for t, n in seen if n == final)
+        return (final - n0) / (t1 - t0) if t1 > t0 else None
+
+
+@dataclass
+class Measured:
+    """A program's run against the simulator: the process, the rate seen at the simulator, its CPU."""
+
+    proc: Proc
+    jobs: int
+    sim_rate: float | None
+    sim_cpu: float
+    stats: dict[str, Any]
+
+    @property
+    def rate(self) -> float:
+        """jobs / wall time from process start to exit."""
+        return self.jobs / self.proc.wall
+
+
+def measure(sim: Simulator, cmd: Sequence[str], jobs: int, env: dict[str, str],
+            timeout: float = DEFAULT_TIMEOUT) -> Measured:
+    """Run `cmd` against a freshly reset simulator; check that every job got exactly one 200."""
+    sim.reset()
+    watch = Watch(sim)
+    sim_cpu = sim.cpu_seconds()
+    proc = run(cmd, env, timeout=timeout)
+    watch.stop()
+    sim_cpu = sim.cpu_seconds() - sim_cpu
+    proc.check()
+    stats = sim.stats()
+    if stats["completions_ok"] != jobs or stats["duplicates"]:
+        raise RuntimeError(f"{shown(cmd)}: the simulator saw {stats['completions_ok']} successes "
+                           f"({stats['duplicates']} duplicates) for {jobs} jobs: {stats['by_status']}")
+    return Measured(proc, jobs, watch.rate(), sim_cpu, stats)
+
+
+# --- job files and databases --------------------------------------------------------------------
+
+#: bump when the generator changes, so cached files are made again
+GENERATOR_VERSION = 1
+
+_SYSTEM = ["You are a concise assistant.", "You are a helpful support agent for an online shop.",
+           "You classify customer feedback into positive, neutral or negative.",
+           "You translate English into French. Answer with the translation only.",
+           "You summarise documents in at most three sentences."]
+_TASKS = ["Summarise this review:", "Classify the sentiment of:", "Translate:", "Answer briefly:",
+          "Extract the product name from:", "Rewrite more politely:", "Give one title for:"]
+_WORDS = ("the order arrived late but the support team was friendly and quick to refund my money "
+          "battery life is great screen too dim in sunlight would buy again shipping box was damaged "
+          "how do I reset my password after changing my email address the invoice lists the wrong "
+          "price please cancel my subscription from next month onwards").split()
+
+
+def job_line(rng: random.Random, i: int) -> bytes:
+    """One realistic small chat request: a batch line (2/3) or a bare body (1/3), ≈ 385 bytes on average."""
+    messages = []
+    if rng.random() < 0.7:
+        messages.append({"role": "system", "content": rng.choice(_SYSTEM)})
+    text = " ".join(rng.choices(_WORDS, k=rng.randint(4, 40)))
+    messages.append({"role": "user", "content": f"{rng.choice(_TASKS)} {text} (#{i})"})
+    if rng.random() < 0.15:
+        messages += [{"role": "assistant", "content": "Could you say which product you mean?"},
+                     {"role": "user", "content": " ".join(rng.choices(_WORDS, k=rng.randint(3, 20)))}]
+    body: dict[str, Any] = {"model": rng.choices(["sim-small", "fast", "sim-large"], [60, 25, 15])[0],
+                            "messages": messages, "max_tokens": rng.choice([64, 128, 256, 512])}
+    if rng.random() < 0.3:
+        body["temperature"] = round(rng.random(), 1)
+    custom_id = f"req-{i:07d}"
+    if rng.random() < 2 / 3:
+        line = {"custom_id": custom_id, "method": "POST", "url": "/v1/chat/completions", "body": body}
+    else:
+        line = {"custom_id": custom_id, **body}
+    return orjson.dumps(line) + b"\n"
+
+
+def job_file(jobs: int) -> Path:
+    """A job file of `jobs` lines, generated once and cached under bench/.cache/."""
+    path = CACHE / f"jobs-{jobs}-v{GENERATOR_VERSION}.jsonl"
+    if not path.exists():
+        CACHE.mkdir(exist_ok=True)
+        rng = random.Random(jobs)
+        partial = path.with_suffix(".partial")
+        with open(partial, "wb") as out:
+            for i in range(jobs):
+                out.write(job_line(rng, i))
+        partial.rename(path)
+    return path
+
+
+def copy_db(source: Path, target: Path) -> Path:
+    """A copy of a closed SQLite database (its WAL folded in first)."""
+    with sqlite3.connect(source) as conn:
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    conn.close()
+    shutil.copyfile(source, target)
+    return target
+
+
+def submit(db: Path, path: Path) -> Proc:
+    """`batchrun submit` of `path` into `db`, pinned to the runner's core."""
+    return run([BATCHRUN, "submit", str(path)], batchrun_env(db)).check()
+
+
+# --- figures ------------------------------------------------------------------------------------
+
+@dataclass
+class Series:
+    """The repetitions of one figure."""
+
+    values: list[float] = field(default_factory=list)
+
+    def add(self, value: float) -> None:
+        self.values.append(value)
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.values)
+
+    def show(self, spec: str = ",.0f", unit: str = "") -> str:
+        """`1,071 req/s (1,050–1,090, n=3)`."""
+        main = f"{self.median:{spec}}{unit}"
+        if len(self.values) < 2:
+            return main
+        return f"{main} ({min(self.values):{spec}}–{max(self.values):{spec}}, n={len(self.values)})"
+
+
+@dataclass
+class Row:
+    figure: str
+    measured: str
+    target: str = ""
+    met: bool | None = None  # None: a figure with no target of its own
+
+
+@dataclass
+class Section:
+    """One benchmark's results, as they go into docs/benchmarks.md (and bench/results.json)."""
+
+    name: str
+    title: str
+    about: str
+    rows: list[Row]
+    commands: list[str]
+    notes: list[str] = field(default_factory=list)
+    details: list[list[str]] = field(default_factory=list)  # an extra table: header row, then rows
+    date: str = ""
+    invocation: str = ""
+    seconds: float = 0.0
+    budget: float = 0.0
+    quick: bool = False
+    #: share of the machine's CPU time used by anything but this suite's processes while it ran: noise
+    foreign_cpu: float | None = None
+
+
+@dataclass
+class Context:
+    """What a benchmark is given: repetitions, quick mode, a scratch directory, shared artefacts."""
+
+    reps: int | None
+    quick: bool
+    work: Path
+    artefacts: dict[str, Path] = field(default_factory=dict)
+
+    def repetitions(self, default: int) -> int:
+        return 1 if self.quick else (self.reps if self.reps is not None else default)
+
+    def scratch(self, name: str) -> Path:
+        """A fresh directory for one run (its database, output files)."""
+        return Path(tempfile.mkdtemp(prefix=f"{name}-", dir=self.work))
+
+    def shared(self, name: str, make: Callable[[], Path]) -> Path:
+        """An artefact (e.g. a loaded database) made once per session, whichever benchmark needs it first."""
+        if name not in self.artefacts:
+            self.artefacts[name] = make()
+        return self.artefacts[name]
+
+
+def loaded_db(ctx: Context, jobs: int) -> Path:
+    """A database with the `jobs`-line file submitted and untouched since; copy it before changing it."""
+
+    def make() -> Path:
+        db = ctx.scratch(f"loaded-{jobs}") / "batchrun.db"
+        submit(db, job_file(jobs))
+        return db
+
+    return ctx.shared(f"loaded-{jobs}", make)
+
+
+def alternate(reps: int, *runs: Callable[[], None]) -> None:
+    """Call the runs once per repetition, in forward order on even repetitions and backward on odd."""
+    for rep in range(reps):
+        for fn in (runs if rep % 2 == 0 else runs[::-1]):
+            fn()
+
+
+def met(value: float, bound: float, at_least: bool = True) -> bool:
+    return value >= bound if at_least else value <= bound
