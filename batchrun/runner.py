@@ -164,9 +164,8 @@ class Runner:
             log.info("requeued the jobs of %d runner(s) that died: %s", len(dead), ", ".join(dead))
         await self._call(self._store.requeue_expired)
         await self._call(self._store.register_runner, self.owner)
-        counts = await self._call(self._store.counts, self._batch_id)
-        self.stats.total = sum(c.total - c.cancelled for c in counts)
-        self.stats.done_before = sum(c.succeeded + c.failed for c in counts)
+        # index-only counts: a full aggregate of a million-job table would delay the first request
+        self.stats.total, self.stats.done_before = await self._call(self._store.progress, self._batch_id)
         known = await self._call(self._store.key_records)
         for lane in self.lanes:
             record = known.get(lane.key.id)

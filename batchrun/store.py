@@ -712,6 +712,18 @@ class Store:
                 yield ClaimedJob(*row)
             last = rows[-1][0]
 
+    def progress(self, batch_id: int | None = None) -> tuple[int, int]:
+        """(jobs not cancelled, jobs finished) — counted from indexes only, fast at any size."""
+        scope = [] if batch_id is None else [jobs.c.batch_id == batch_id]
+        with self._read() as conn:
+            total = conn.execute(select(func.count()).select_from(jobs).where(*scope)).scalar_one()
+            by_state: dict[str, int] = dict(conn.execute(
+                select(jobs.c.state, func.count()).where(jobs.c.state.in_((QUEUED, RUNNING, CANCELLED)), *scope)
+                .group_by(jobs.c.state)).all())
+        cancelled = int(by_state.get(CANCELLED, 0))
+        unfinished = int(by_state.get(QUEUED, 0)) + int(by_state.get(RUNNING, 0))
+        return int(total) - cancelled, int(total) - cancelled - unfinished
+
     def queued_by_model(self, batch_id: int | None = None) -> dict[str, int]:
         """Unfinished jobs per requested model: the run's opening summary."""
         query = (select(jobs.c.model, func.count()).where(jobs.c.state.in_((QUEUED, RUNNING)))
