@@ -165,8 +165,9 @@ _RUN_HELP = "\n".join(f"  {code}  {meaning}" for code, meaning in EXIT_MEANINGS.
 @click.option("--backoff-max", help="Longest retry delay. [default: 30s]")
 @click.option("--require-request-id", is_flag=True, default=None,
               help="Retry a 200 that has no request_id instead of accepting it as unverified.")
-@click.option("--key-format", type=click.Choice(["any", "id:secret"]),
-              help="id:secret: refuse, before any request, a key that is not <access_key_id>:<secret>.")
+@click.option("--key-format", type=click.Choice(["auto", "id:secret", "any"]),
+              help="id:secret: refuse, before any request, a key that is not <access_key_id>:<secret>; "
+                   "auto (default): refuse a list that mixes that form with plain keys; any: no check.")
 @click.option("--grace", envvar="BATCHRUN_GRACE", show_envvar=True,
               help="After SIGINT/SIGTERM, a deadline or a cap: how long requests in flight may take to "
                    "finish before they are abandoned (their jobs stay queued). [default: 30s]")

@@ -17,7 +17,8 @@ file and the defaults, and validates everything in one place.
     backoff_base = "1s"
     backoff_max = "30s"
     require_request_id = false        # a 200 without request_id is retried instead of accepted
-    key_format = "any"                # or "id:secret": every key must be `<access_key_id>:<secret>`
+    key_format = "auto"               # "id:secret": every key must be `<access_key_id>:<secret>`;
+                                      # auto: refuse a list mixing that form with plain keys; any: no check
 
     drop_unsupported = false          # remove parameters the model does not support instead of failing
     fallback_models = ["fast"]        # like --fallback: tried in order for any model that is gone
@@ -57,7 +58,7 @@ _FILE_KEYS = {
     "require_request_id", "key_format", "drop_unsupported", "fallback_models", "fallback",
     "grace", "max_duration", "until", "max_cost", "max_tokens", "wait_for_keys",
 }
-KEY_FORMATS = ("any", "id:secret")
+KEY_FORMATS = ("auto", "id:secret", "any")
 
 _LIMIT_KEYS = {"rate_limit", "rpm", "token_limit", "tpm"}
 
@@ -76,7 +77,7 @@ class Settings:
     backoff_base: float = 1.0
     backoff_max: float = 30.0
     require_request_id: bool = False
-    key_format: str = "any"
+    key_format: str = "auto"
     drop_unsupported: bool = False
     #: --fallback (repeatable) or `fallback_models`: tried in order for any model the catalogue lacks
     fallback_models: tuple[str, ...] = ()
@@ -104,7 +105,7 @@ class Settings:
         if not self.keys:
             raise ConfigError(f"no API keys: set {KEYS_ENV} (comma- or newline-separated) or pass "
                               "--keys-file PATH (one key a line)")
-        check_key_format(self.keys, required=self.key_format == "id:secret")
+        check_key_format(self.keys, self.key_format)
 
 
 def read_config_file(path: str | None) -> tuple[dict[str, Any], str | None]:

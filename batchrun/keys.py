@@ -64,13 +64,17 @@ def parse_keys(text: str, source: str) -> list[ApiKey]:
 ID_SECRET_FORM = "`<access_key_id>:<secret>` (the full token, including the colon)"
 
 
-def check_key_format(keys: Iterable[ApiKey], required: bool = False) -> None:
+def check_key_format(keys: Iterable[ApiKey], mode: str = "auto") -> None:
     """Catch malformed keys before the first request, naming the key by its id, never its secret.
 
-    A key with a colon must have both halves. With `required` (`key_format = "id:secret"`) every key
-    must have the `<access_key_id>:<secret>` form; without it, a key list where some keys have that
-    form and others do not is a half-copied key (PrivateMind: "don't send just the first half").
+    `mode` (`key_format`): "id:secret" — every key must be `<access_key_id>:<secret>`; "auto" — a list
+    where some keys have that form and others do not holds a half-copied key (PrivateMind: "don't send
+    just the first half"); "any" — no check of the form. In every mode but "any", a key with a colon
+    must have both halves.
     """
+    if mode == "any":
+        return
+    required = mode == "id:secret"
     keys = list(keys)
     shaped = [key for key in keys if _id_secret(key.token)]
     for key in keys:

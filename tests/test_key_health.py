@@ -103,6 +103,10 @@ def test_a_key_not_in_id_secret_form_is_refused_before_any_request(cli: Cli, sim
         assert "`<access_key_id>:<secret>`" in result.stderr and half not in result.stderr
     assert sim.state.snapshot()["requests_total"] == 0 and sim.state.snapshot()["models_requests"] == 0
 
+    # a user who really mixes key styles says so
+    allowed = cli("run", "--no-progress", "--key-format", "any", env=provider_env(sim, [*make_keys(2), half]))
+    assert allowed.returncode == 0, allowed.stderr
+
 
 def test_a_401_for_the_key_format_says_what_the_format_must_be(cli: Cli, sim: RunningSimulator,
                                                               tmp_path: Path) -> None:
