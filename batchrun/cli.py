@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime
 import logging
 import os
 import signal
@@ -29,6 +28,7 @@ from batchrun.loader import submit_file
 from batchrun.exitcodes import EXIT_MEANINGS
 from batchrun.simulator_cli import simulate_command
 from batchrun.store import FAILED, SUCCEEDED, Store
+from batchrun.units import format_clock
 
 F = TypeVar("F", bound=Callable[..., Any])
 log = logging.getLogger("batchrun")
@@ -575,9 +575,7 @@ def keys(ctx: click.Context, as_json: bool, db: str | None, config_path: str | N
 
 
 def _when(epoch: float | None) -> str:
-    if epoch is None:
-        return "-"
-    return datetime.datetime.fromtimestamp(epoch).strftime("%Y-%m-%d %H:%M:%S")
+    return "-" if epoch is None else format_clock(epoch)
 
 
 def _configured_key_ids(config_path: str | None) -> list[str]:

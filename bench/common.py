@@ -440,6 +440,21 @@ def loaded_db(ctx: Context, jobs: int) -> Path:
     return ctx.shared(f"loaded-{jobs}", make)
 
 
+def run_batchrun(ctx: Context, sim: Simulator, template: Path, jobs: int, concurrency: int) -> Measured:
+    """`batchrun run` over a fresh copy of a loaded database, pinned to the client core."""
+    db = copy_db(template, ctx.scratch("batchrun") / "batchrun.db")
+    cmd = [BATCHRUN, "run", "--no-progress", "--concurrency", str(concurrency)]
+    return measure(sim, cmd, jobs, batchrun_env(db, sim.base_url))
+
+
+def run_ceiling(ctx: Context, sim: Simulator, path: Path, jobs: int, concurrency: int) -> Measured:
+    """The ceiling peer (bare aiohttp + SQLite) over the same job file, pinned to the client core."""
+    out = ctx.scratch("ceiling") / "results.db"
+    cmd = [PYTHON, str(BENCH / "peer_aiohttp.py"), str(path), sim.base_url, str(out),
+           "--concurrency", str(concurrency)]
+    return measure(sim, cmd, jobs, batchrun_env())
+
+
 def alternate(reps: int, *runs: Callable[[], None]) -> None:
     """Call the runs once per repetition, in forward order on even repetitions and backward on odd."""
     for rep in range(reps):

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from bench.common import (
-    BATCHRUN, BENCH, PYTHON, Context, Measured, Row, Section, Series, Simulator, alternate, batchrun_env,
-    copy_db, job_file, loaded_db, measure, met, shown,
+    BENCH, PYTHON, Context, Measured, Row, Section, Series, Simulator, alternate, batchrun_env, job_file,
+    loaded_db, measure, met, run_batchrun, run_ceiling, shown,
 )
 
 NAME = "dispatch"
@@ -41,15 +41,10 @@ def run(ctx: Context) -> Section:
             results: dict[str, list[Measured]] = {"batchrun": [], "ceiling": [], "sdk": []}
 
             def batchrun() -> None:
-                db = copy_db(template, ctx.scratch("dispatch") / "batchrun.db")
-                cmd = [BATCHRUN, "run", "--no-progress", "--concurrency", str(concurrency)]
-                results["batchrun"].append(measure(sim, cmd, jobs, batchrun_env(db, sim.base_url)))
+                results["batchrun"].append(run_batchrun(ctx, sim, template, jobs, concurrency))
 
             def ceiling() -> None:
-                out = ctx.scratch("ceiling") / "results.db"
-                cmd = [PYTHON, str(BENCH / "peer_aiohttp.py"), str(path), sim.base_url, str(out),
-                       "--concurrency", str(concurrency)]
-                results["ceiling"].append(measure(sim, cmd, jobs, batchrun_env()))
+                results["ceiling"].append(run_ceiling(ctx, sim, path, jobs, concurrency))
 
             def sdk() -> None:
                 out = ctx.scratch("sdk") / "results.jsonl"

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from bench.common import (
-    BATCHRUN, BENCH, PYTHON, Context, Measured, Row, Section, Series, Simulator, alternate, batchrun_env,
-    copy_db, job_file, loaded_db, measure, met, shown,
+    Context, Measured, Row, Section, Series, Simulator, alternate, job_file, loaded_db, met, run_batchrun,
+    run_ceiling, shown,
 )
 
 NAME = "latency"
@@ -30,15 +30,10 @@ def run(ctx: Context) -> Section:
     with Simulator("--latency", f"{LATENCY * 1000:.0f}ms") as sim:
 
         def batchrun() -> None:
-            db = copy_db(template, ctx.scratch("latency") / "batchrun.db")
-            cmd = [BATCHRUN, "run", "--no-progress", "--concurrency", str(CONCURRENCY)]
-            results["batchrun"].append(measure(sim, cmd, jobs, batchrun_env(db, sim.base_url)))
+            results["batchrun"].append(run_batchrun(ctx, sim, template, jobs, CONCURRENCY))
 
         def ceiling() -> None:
-            out = ctx.scratch("ceiling") / "results.db"
-            cmd = [PYTHON, str(BENCH / "peer_aiohttp.py"), str(path), sim.base_url, str(out),
-                   "--concurrency", str(CONCURRENCY)]
-            results["ceiling"].append(measure(sim, cmd, jobs, batchrun_env()))
+            results["ceiling"].append(run_ceiling(ctx, sim, path, jobs, CONCURRENCY))
 
         alternate(reps, batchrun, ceiling)
         commands = [sim.command]

@@ -48,8 +48,10 @@ def test_five_sigkills_at_random_moments_then_resume_lose_and_repeat_nothing(
     for row in results:
         assert row["response"]["body"]["choices"][0]["message"]["content"] == "echo: " + prompts[row["custom_id"]]
     stats = sim.state.snapshot()
-    # only requests in flight at a kill can have been answered twice
-    assert stats["duplicates"] <= 5 * concurrency, stats["duplicates"]
+    # only what was not checkpointed at a kill can have been answered twice: the requests in flight
+    # (≤ concurrency) and the answers already back but waiting for the group commit under way
+    # (a commit's worth, ≤ concurrency at this pace) — a run of 42 over 5 kills was seen
+    assert stats["duplicates"] <= 5 * 2 * concurrency, stats["duplicates"]
     assert stats["completions_ok"] == 600 + stats["duplicates"]
 
 
