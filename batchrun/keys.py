@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -150,17 +151,51 @@ class TokenWindow:
 #: sends a request starts a little after its slot, the network and the server's own queue add jitter.
 #: It is absolute, not a share of the window: a 30 ms hiccup is as likely on a 1 s window as on a 1 m one.
 JITTER_SLACK = 0.03
+#: The pacer runs this much faster than the limit, so a late wake-up is made up at the next slot
+#: instead of being lost; the `RequestWindow` behind it is what holds the limit.
+PACE_HEADROOM = 1.1
 
 
-def request_limiter(rate: Rate, margin: float = 0.01, slack: float = JITTER_SLACK) -> AsyncLimiter:
-    """A limiter that keeps every sliding window of `rate.period` at or below `rate.count`.
+class RequestWindow:
+    """An exact sliding window over requests, with slack: any `count + 1` requests span more than
+    `period + slack` seconds, so jitter up to `slack` cannot put `count + 1` in one of the
+    provider's windows.
 
-    aiolimiter's bucket admits a burst of its full capacity on top of its drain rate, so a bucket of
-    N per period lets up to 2N through one window. A capacity of one request, drained once per
-    `(period × (1 + margin) + slack) / count`, spaces requests evenly instead: any count + 1 requests
-    then span more than a window plus `slack`, so jitter up to `slack` cannot put them in one window.
+    This is the provider's own rule (N requests per sliding window), kept on our send times. A
+    leaky bucket that spaces requests evenly also keeps it, but only by leaving a margin on every
+    gap, and every wake-up that comes late is lost for good: ≈ 4–8 % of the limit at 25/1s.
     """
-    return AsyncLimiter(1, (rate.period * (1 + margin) + slack) / rate.count)
+
+    __slots__ = ("_count", "_span", "_sent")
+
+    def __init__(self, rate: Rate, slack: float = JITTER_SLACK) -> None:
+        self._count = rate.count
+        self._span = rate.period + slack
+        self._sent: deque[float] = deque(maxlen=rate.count)  # the last `count` send times, oldest first
+
+    def delay(self, now: float) -> float:
+        """Seconds until one more request may go (0: now)."""
+        if len(self._sent) < self._count:
+            return 0.0
+        return max(0.0, self._sent[0] + self._span - now)
+
+    def record(self, now: float) -> None:
+        self._sent.append(now)
+
+    async def acquire(self) -> None:
+        while (wait := self.delay(time.monotonic())) > 0:
+            await asyncio.sleep(wait)
+        self.record(time.monotonic())
+
+
+def request_pacer(rate: Rate) -> AsyncLimiter:
+    """aiolimiter's bucket with a capacity of one request spreads a key's requests evenly (no burst
+    of the whole window's worth at once), a little faster than the limit (`PACE_HEADROOM`).
+
+    (A bucket of N per period would admit a burst of N on top of its drain rate: up to 2N in one
+    window. The exact bound is the `RequestWindow` that follows it.)
+    """
+    return AsyncLimiter(1, rate.period / rate.count / PACE_HEADROOM)
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,7 +224,8 @@ class KeyLane:
         rate = limits.rate
         # Lowers the key's rate when it keeps hitting 429 below its configured rate; raises it back slowly.
         self.adapter = RateAdapter(rate.count / rate.period if rate else None, period=rate.period if rate else 1.0)
-        self._limiter = request_limiter(rate) if rate else None
+        self._pacer = request_pacer(rate) if rate else None
+        self._window = RequestWindow(rate) if rate else None
         self._tokens = TokenWindow(limits.tokens) if limits.tokens else None
 
     @property
@@ -227,11 +263,12 @@ class KeyLane:
         return change
 
     def _apply_rate(self) -> None:
+        # The window keeps the configured limit; a lowered rate only slows the pacer.
         adapted = self.adapter.adapted
         if adapted is not None:
-            self._limiter = AsyncLimiter(1, 1.0 / adapted)
+            self._pacer = AsyncLimiter(1, 1.0 / adapted)
         else:
-            self._limiter = request_limiter(self.limits.rate) if self.limits.rate else None
+            self._pacer = request_pacer(self.limits.rate) if self.limits.rate else None
 
     @property
     def window(self) -> float:
@@ -260,8 +297,10 @@ class KeyLane:
 
     async def acquire(self, estimated_tokens: float) -> list[float] | None:
         """Wait for this key's rate and token windows; returns the token reservation to settle."""
-        if self._limiter is not None:
-            await self._limiter.acquire()
+        if self._pacer is not None:
+            await self._pacer.acquire()
+        if self._window is not None:
+            await self._window.acquire()
         if self._tokens is not None:
             return await self._tokens.reserve(estimated_tokens)
         return None

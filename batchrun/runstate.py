@@ -23,6 +23,7 @@ class RunOptions:
     concurrency: int = 32
     lease: float = 60.0
     flush_size: int = 500
+    commit_gather: float = 0.02  # seconds the first answer of a group commit waits for company
     policy: RetryPolicy = RetryPolicy()
     fallbacks: Fallbacks = Fallbacks()
     drop_unsupported: bool = False
