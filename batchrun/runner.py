@@ -176,9 +176,8 @@ class Runner:
             if not lane.usable:
                 log.warning("key %s is %s (%s); not used — `batchrun keys reset %s` brings it back",
                             lane.key.id, lane.state, lane.reason or "no reason recorded", lane.key.id)
-        pending = await self._call(self._store.pending, self._batch_id)
-        if pending.empty:
-            return
+        if self.stats.total == self.stats.done_before:
+            return  # nothing queued or running (the same index-only counts as the progress totals)
         if self._options.deadline is not None and self._options.deadline <= time.time():
             self.request_stop(f"the deadline {_clock(self._options.deadline)} has passed; nothing was started")
             return
