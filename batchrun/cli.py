@@ -2,33 +2,36 @@
 
 No business logic lives here. Every `BatchrunError` becomes one line on stderr and its exit code,
 in `BatchrunGroup.invoke`. Log handlers are set up here too (in `logsetup`), never by the library.
+
+Start-up time matters (`status` on a large queue, the first request of `run`): this module imports
+only what every command needs. The store (SQLAlchemy), the settings (key pool, limiters, asyncio),
+the loader, the exporter and the network are imported by the commands that use them.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import os
 import signal
 import sys
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 import orjson
 
 from batchrun import __version__, logsetup
-from batchrun.catalog import catalog_lines
-from batchrun.config import build_settings, resolve_db
+from batchrun.configfile import resolve_db
 from batchrun.errors import BatchrunError, ConfigError
-from batchrun.export import atomic_output, write_lines
-from batchrun.keys import lanes_for
-from batchrun.loader import submit_file
 from batchrun.exitcodes import EXIT_MEANINGS
 from batchrun.simulator_cli import simulate_command
-from batchrun.store import FAILED, SUCCEEDED, Store
 from batchrun.units import format_clock
+
+if TYPE_CHECKING:
+    from batchrun.config import Settings
+    from batchrun.store import Store
+    from batchrun.view import QueueView
 
 F = TypeVar("F", bound=Callable[..., Any])
 log = logging.getLogger("batchrun")
@@ -71,12 +74,27 @@ def fallback_options(fn: F) -> F:
 
 
 def _open_store(db: str | None, config_path: str | None) -> Store:
+    from batchrun.store import Store
+
     store = Store.open(resolve_db(db, config_path))
     click.get_current_context().call_on_close(store.close)
     return store
 
 
-def _batch_id(store: Store, batch: str | None) -> int | None:
+def _open_view(db: str | None, config_path: str | None) -> QueueView:
+    """What `status` reads: through the bare sqlite3 driver where it can — importing SQLAlchemy would
+    be most of its time on a large queue — else through the store (which also migrates)."""
+    from batchrun.view import open_sqlite_view
+
+    url = resolve_db(db, config_path)
+    view = open_sqlite_view(url)
+    if view is None:
+        return _open_store(url, None).view
+    click.get_current_context().call_on_close(view.close)
+    return view
+
+
+def _batch_id(store: Store | QueueView, batch: str | None) -> int | None:
     """The id of the batch named on the command line (None for all batches)."""
     if batch is None:
         return None
@@ -110,8 +128,11 @@ def cli(ctx: click.Context, verbose: int) -> None:
 @click.option("--strict", is_flag=True, help="Any bad or conflicting line rejects the whole file.")
 @click.option("--estimate", "show_estimate", is_flag=True,
               help="Then print what the batch would cost (see `batchrun estimate`); sends no completion.")
+@click.option("--workers", type=click.IntRange(min=1), envvar="BATCHRUN_SUBMIT_WORKERS", show_envvar=True,
+              help="Processes that parse and insert a big file side by side (1: this process only). "
+                   "[default: the usable cores, at most 4]")
 @db_options
-def submit(file: str, batch: str | None, strict: bool, show_estimate: bool, db: str | None,
+def submit(file: str, batch: str | None, strict: bool, show_estimate: bool, workers: int | None, db: str | None,
            config_path: str | None) -> None:
     """Load a JSONL job file (FILE, or - for stdin) into the queue.
 
@@ -126,8 +147,10 @@ def submit(file: str, batch: str | None, strict: bool, show_estimate: bool, db: 
       batchrun submit jobs/example.jsonl
       cat jobs.jsonl | batchrun submit - --batch nightly --strict
     """
+    from batchrun.loader import submit_file
+
     store = _open_store(db, config_path)
-    report = submit_file(store, file, batch, strict, lambda line: click.echo(line, err=True))
+    report = submit_file(store, file, batch, strict, lambda line: click.echo(line, err=True), workers=workers)
     if report.strict_rejected:
         click.echo(f"batch {report.batch}: rejected: {report.rejected} bad line(s), {report.conflicts} "
                    "conflict(s); --strict: nothing loaded")
@@ -137,7 +160,7 @@ def submit(file: str, batch: str | None, strict: bool, show_estimate: bool, db: 
     if show_estimate and not report.strict_rejected:
         flags = {"db": db, "base_url": os.environ.get("BATCHRUN_BASE_URL"),
                  "keys_file": os.environ.get("BATCHRUN_KEYS_FILE")}
-        _print_estimate(store, store.batch_id(report.batch), build_settings(flags, config_path))
+        _print_estimate(store, store.batch_id(report.batch), _settings(flags, config_path))
     if not report.clean:
         sys.exit(1)
 
@@ -201,13 +224,16 @@ def run(batch: str | None, no_progress: bool, log_file: str | None, log_format: 
     # First, so that even a configuration error ends up in the log file.
     logsetup.configure(click.get_current_context().find_root().params.get("verbose", 0), log_format, log_file)
     # The network and the event loop are only loaded by the command that needs them.
+    import asyncio
+
+    from batchrun.keys import lanes_for
     from batchrun.progress import show_live, show_plain, summary_lines
     from batchrun.provider import ProviderClient
     from batchrun.retry import Backoff, RetryPolicy
     from batchrun.runner import Runner
     from batchrun.runstate import RunOptions
 
-    settings = build_settings({**flags, "db": db}, config_path)
+    settings = _settings({**flags, "db": db}, config_path)
     settings.require_provider()
     assert settings.base_url is not None
     store = _open_store(settings.db, None)
@@ -252,6 +278,8 @@ def run(batch: str | None, no_progress: bool, log_file: str | None, log_format: 
 
 def _install_signal_handlers(runner: Any) -> None:
     """First SIGINT/SIGTERM: stop claiming, let requests in flight finish. Second: stop now."""
+    import asyncio
+
     loop = asyncio.get_running_loop()
     received: list[int] = []
 
@@ -277,13 +305,13 @@ def status(batch: str | None, as_json: bool, db: str | None, config_path: str | 
       batchrun status
       batchrun status --batch example --json
     """
-    store = _open_store(db, config_path)
-    batch_id = _batch_id(store, batch)
-    counts = store.counts(batch_id)
-    keys = store.key_records()
-    last = store.last_runner(ended=True)
-    alive = store.runner_activity(RUNNER_STALE_AFTER)
-    by_key, by_model = store.usage("key", batch_id), store.usage("model", batch_id)
+    view = _open_view(db, config_path)
+    batch_id = _batch_id(view, batch)
+    counts = view.counts(batch_id)
+    keys = view.key_records()
+    last = view.last_runner(ended=True)
+    alive = view.runner_activity(RUNNER_STALE_AFTER)
+    by_key, by_model = view.usage("key", batch_id), view.usage("model", batch_id)
     payload = {
         "batches": [{
             "name": c.name, "total": c.total, "queued": c.queued, "running": c.running,
@@ -310,7 +338,7 @@ def status(batch: str | None, as_json: bool, db: str | None, config_path: str | 
         click.echo(orjson.dumps(payload, option=orjson.OPT_INDENT_2).decode())
         return
     if not counts:
-        click.echo(f"no batches in {store.url} (load one with `batchrun submit FILE`)")
+        click.echo(f"no batches in {view.url} (load one with `batchrun submit FILE`)")
     header = (f"{'batch':<24} {'total':>8} {'queued':>8} {'running':>8} {'succeeded':>10} {'failed':>8} "
               f"{'retries':>8} {'tokens':>10} {'cost':>10}")
     if counts:
@@ -417,6 +445,13 @@ def _key_json(record: Any) -> dict[str, Any]:
             "rate_limit": {"configured": record.rate_configured, "adapted": record.rate_adapted}}
 
 
+def _settings(flags: dict[str, Any], config_path: str | None) -> Settings:
+    """Every setting, from flags, environment and file (imported here: it brings the key pool)."""
+    from batchrun.config import build_settings
+
+    return build_settings(flags, config_path)
+
+
 def _fallbacks(settings: Any) -> Any:
     from batchrun.prechecks import Fallbacks
 
@@ -435,16 +470,20 @@ def models(as_json: bool, db: str | None, config_path: str | None, **flags: Any)
       batchrun models --json | jq '.[] | select(.alias_for == null) | .id'
     """
     store = _open_store(resolve_db(db, config_path), None)
-    catalog = _refresh_catalog(store, build_settings({**flags, "db": db}, config_path))
+    catalog = _refresh_catalog(store, _settings({**flags, "db": db}, config_path))
     if as_json:
         click.echo(orjson.dumps([_model_json(m) for m in catalog.entries.values()],
                                 option=orjson.OPT_INDENT_2).decode())
         return
+    from batchrun.catalog import catalog_lines
+
     for line in catalog_lines(catalog):
         click.echo(line)
 
 
 def _refresh_catalog(store: Store, settings: Any) -> Any:
+    import asyncio
+
     from batchrun.provider import ProviderClient
 
     settings.require_provider()
@@ -480,7 +519,7 @@ def estimate(batch: str | None, db: str | None, config_path: str | None, **flags
     """
     store = _open_store(resolve_db(db, config_path), None)
     batch_id = _batch_id(store, batch)
-    _print_estimate(store, batch_id, build_settings({**flags, "db": db}, config_path))
+    _print_estimate(store, batch_id, _settings({**flags, "db": db}, config_path))
 
 
 def _print_estimate(store: Store, batch_id: int | None, settings: Any) -> None:
@@ -513,6 +552,9 @@ def export(batch: str | None, output: str, errors_path: str | None, db: str | No
       batchrun export --output results.jsonl --errors errors.jsonl
       batchrun export --batch nightly | jq .response.body.choices[0].message.content
     """
+    from batchrun.export import write_lines
+    from batchrun.store import FAILED, SUCCEEDED
+
     store = _open_store(db, config_path)
     batch_id = _batch_id(store, batch)
     results = _export_to(output, lambda out: write_lines(store.export_rows([SUCCEEDED], batch_id), out, False))
@@ -525,6 +567,8 @@ def export(batch: str | None, output: str, errors_path: str | None, db: str | No
 
 
 def _export_to(path: str, write: Callable[[Any], int]) -> int:
+    from batchrun.export import atomic_output
+
     if path == "-":
         count = write(sys.stdout.buffer)
         sys.stdout.buffer.flush()
@@ -581,7 +625,7 @@ def _when(epoch: float | None) -> str:
 def _configured_key_ids(config_path: str | None) -> list[str]:
     """Ids of the keys the environment or config names now (never their secrets); none if unset."""
     try:
-        return [key.id for key in build_settings({}, config_path).keys]
+        return [key.id for key in _settings({}, config_path).keys]
     except BatchrunError:
         return []
 
@@ -615,8 +659,7 @@ def db_upgrade(db: str | None, config_path: str | None) -> None:
     \b
       batchrun db upgrade --db postgresql://user@host/batchrun
     """
-    store = Store.open(resolve_db(db, config_path))
-    store.close()
+    store = _open_store(db, config_path)
     click.echo(f"database {store.url} is up to date")
 
 

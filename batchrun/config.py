@@ -39,25 +39,18 @@ from __future__ import annotations
 
 import os
 import time
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+# resolve_db and read_config_file are re-exported: the file is part of the settings
+from batchrun.configfile import DEFAULT_DB, read_config_file, resolve_db  # noqa: F401
 from batchrun.errors import ConfigError
 from batchrun.keys import ApiKey, KeyLimits, check_key_format, parse_keys, read_keys_file
 from batchrun.units import Rate, next_occurrence, parse_duration, parse_rate
 
-DEFAULT_DB = "sqlite:///batchrun.db"
-DEFAULT_CONFIG = "batchrun.toml"
 KEYS_ENV = "BATCHRUN_API_KEYS"
 
-_FILE_KEYS = {
-    "db", "base_url", "keys_file", "api_keys", "concurrency", "rate_limit", "rpm", "token_limit", "tpm",
-    "max_attempts", "request_timeout", "lease", "backoff_base", "backoff_max", "limits",
-    "require_request_id", "key_format", "drop_unsupported", "fallback_models", "fallback",
-    "grace", "max_duration", "until", "max_cost", "max_tokens", "wait_for_keys",
-}
 KEY_FORMATS = ("auto", "id:secret", "any")
 
 _LIMIT_KEYS = {"rate_limit", "rpm", "token_limit", "tpm"}
@@ -106,35 +99,6 @@ class Settings:
             raise ConfigError(f"no API keys: set {KEYS_ENV} (comma- or newline-separated) or pass "
                               "--keys-file PATH (one key a line)")
         check_key_format(self.keys, self.key_format)
-
-
-def read_config_file(path: str | None) -> tuple[dict[str, Any], str | None]:
-    """The config file's table, and its path; `batchrun.toml` in the working directory if present."""
-    explicit = path is not None
-    candidate = Path(path if path is not None else DEFAULT_CONFIG)
-    if not candidate.exists():
-        if explicit:
-            raise ConfigError(f"config file {candidate} does not exist")
-        return {}, None
-    try:
-        data = tomllib.loads(candidate.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"cannot read config file {candidate}: {exc}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{candidate}: not valid TOML: {exc}") from None
-    unknown = sorted(set(data) - _FILE_KEYS)
-    if unknown:
-        raise ConfigError(f"{candidate}: unknown setting(s): {', '.join(unknown)} "
-                          f"(known: {', '.join(sorted(_FILE_KEYS))})")
-    return data, str(candidate)
-
-
-def resolve_db(flag: str | None, config_path: str | None) -> str:
-    """The database URL alone (for commands that need nothing else)."""
-    if flag:
-        return flag
-    data, _ = read_config_file(config_path)
-    return str(data.get("db") or DEFAULT_DB)
 
 
 def build_settings(flags: dict[str, Any], config_path: str | None, environ: dict[str, str] | None = None,

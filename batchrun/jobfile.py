@@ -26,7 +26,9 @@ batch form start with ``body.`` (``body.messages[1].content``); those of the bar
 (``messages[1].content``).
 
 `parse_line` is the hot path: a million-line file must load in seconds, so it uses orjson and plain type
-checks, builds no field path or message unless a line is bad, and reports the first problem it meets.
+checks, builds no field path or message unless a line is bad, and reports the first problem it meets. The
+usual shapes (the envelope, a conversation of plain text messages) pass a quick check first; anything else
+goes to the thorough validators, which accept the same lines and name what is wrong.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import PurePath
 from typing import IO, Any, Final, NamedTuple, NoReturn
 
@@ -43,7 +46,8 @@ import orjson
 
 from batchrun.errors import InputError
 
-__all__ = ["BadLine", "JobSpec", "batch_name_for", "open_job_file", "parse_line", "read_jobs"]
+__all__ = ["BadLine", "JobSpec", "LineChunk", "batch_name_for", "open_job_file", "parse_line", "read_jobs",
+           "read_line_chunks"]
 
 CHAT_COMPLETIONS_URL: Final = "/v1/chat/completions"
 KNOWN_ROLES: Final = ("system", "developer", "user", "assistant", "tool", "function")
@@ -87,7 +91,7 @@ class JobSpec(NamedTuple):
     max_tokens: int | None  # max_tokens, else max_completion_tokens, else None
 
 
-_new_job = JobSpec
+_new_job = partial(tuple.__new__, JobSpec)  # the NamedTuple's own __new__ is a Python function
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,13 +138,16 @@ def parse_line(text: str | bytes, line: int) -> JobSpec | BadLine | None:
         else:
             custom_id, body = obj.pop("custom_id", _MISSING), obj
             prefix = ""
-        if custom_id is not _MISSING:
+        if custom_id is not _MISSING and not (type(custom_id) is str and custom_id.isprintable() and custom_id
+                                              and not custom_id.isspace()):
             _check_custom_id(custom_id)
     except _Invalid as bad:
         return BadLine(line, bad.field, bad.reason)
 
     try:
-        model = _check_model(body)
+        model = body.get("model")
+        if type(model) is not str or not model or model.isspace():
+            model = _check_model(body)
         prompt_chars = _check_messages(body.get("messages", _MISSING))
         max_tokens = _check_options(body)
     except _Invalid as bad:
@@ -154,7 +161,7 @@ def parse_line(text: str | bytes, line: int) -> JobSpec | BadLine | None:
     body_hash = _sha256(canonical).hexdigest()
     if custom_id is _MISSING:
         custom_id = "auto-" + body_hash[:16]
-    return _new_job(line, custom_id, model, body_bytes.decode(), body_hash, prompt_chars, max_tokens)
+    return _new_job((line, custom_id, model, body_bytes.decode(), body_hash, prompt_chars, max_tokens))
 
 
 def _undecodable(text: str | bytes, line: int, exc: orjson.JSONDecodeError) -> BadLine | None:
@@ -176,6 +183,15 @@ def _undecodable(text: str | bytes, line: int, exc: orjson.JSONDecodeError) -> B
 
 def _unwrap_batch_line(obj: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
     """(custom_id or _MISSING, body) of a batch-form line, whose envelope is checked here."""
+    body = obj.get("body")
+    if (type(body) is dict and obj.get("method") == "POST" and obj.get("url") == CHAT_COMPLETIONS_URL
+            and (len(obj) == 3 or (len(obj) == 4 and "custom_id" in obj))):
+        return obj.get("custom_id", _MISSING), body  # the usual envelope, exactly
+    return _check_envelope(obj)
+
+
+def _check_envelope(obj: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+    """`_unwrap_batch_line`, thoroughly."""
     if not _ENVELOPE_KEY_SET.issuperset(obj):
         key = next(key for key in obj if key not in _ENVELOPE_KEY_SET)
         raise _Invalid(key, f"unknown key in a batch line (expected: {', '.join(_ENVELOPE_KEYS)})")
@@ -223,7 +239,35 @@ def _check_model(body: dict[str, Any]) -> str:
 
 
 def _check_messages(messages: Any) -> int:
-    """Validate the conversation; return the number of characters of text content in it."""
+    """Validate the conversation; return the number of characters of text content in it.
+
+    The usual conversation (known roles, non-blank string contents, not opening with the assistant) is
+    counted in one quick pass; anything else is left to `_check_conversation`, which names what is wrong.
+    """
+    if type(messages) is list:
+        chars = 0
+        opening = True  # no message other than system/developer seen yet
+        for message in messages:
+            if type(message) is not dict:
+                break
+            role = message.get("role")
+            content = message.get("content")
+            if (type(role) is not str or type(content) is not str or role not in _ROLES or not content
+                    or content.isspace()):
+                break
+            if opening and role not in _PREAMBLE_ROLES:
+                if role == "assistant":
+                    break
+                opening = False
+            chars += len(content)
+        else:
+            if messages:
+                return chars
+    return _check_conversation(messages)
+
+
+def _check_conversation(messages: Any) -> int:
+    """`_check_messages`, thoroughly."""
     if type(messages) is not list:
         if messages is _MISSING:
             raise _Invalid("messages", "missing messages")
@@ -369,50 +413,79 @@ def read_jobs(stream: IO[bytes], filename: str) -> Iterator[JobSpec | BadLine]:
 
 @dataclass(frozen=True, slots=True)
 class LineChunk:
-    """Consecutive raw lines of a job file, the first of them numbered `first_line`."""
+    """`line_count` consecutive raw lines of a job file, the first of them numbered `first_line`."""
 
     first_line: int
-    lines: list[bytes]
+    line_count: int
+    data: bytes  # the lines as they are in the file, each ending in a newline but perhaps the file's last
+    offset: int = 0  # where `data` starts in the file
 
     @property
     def digest(self) -> str:
         """sha256 of the raw bytes: the same lines at the same place are the same jobs."""
-        digest = hashlib.sha256()
-        for line in self.lines:
-            digest.update(line)
-        return digest.hexdigest()
+        return hashlib.sha256(self.data).hexdigest()
 
-    def parse(self) -> list[JobSpec | BadLine]:
-        return parse_lines(self.first_line, self.lines)
+    @property
+    def lines(self) -> list[bytes]:
+        """The lines, without their newlines."""
+        lines = self.data.split(b"\n")
+        if not lines[-1]:
+            lines.pop()  # what follows the last newline: nothing (or, in an empty chunk, the only element)
+        return lines
+
+    def parse(self) -> tuple[list[JobSpec], list[BadLine]]:
+        """The jobs and the bad lines of the chunk, each in file order (blank lines left out)."""
+        jobs: list[JobSpec] = []
+        bad: list[BadLine] = []
+        for number, text in enumerate(self.lines, self.first_line):
+            result = parse_line(text, number)
+            if type(result) is JobSpec:
+                jobs.append(result)
+            elif result is not None:
+                bad.append(result)  # type: ignore[arg-type]
+        return jobs, bad
 
 
-def parse_lines(first_line: int, lines: list[bytes]) -> list[JobSpec | BadLine]:
-    """Every job and bad line of consecutive raw lines (blank lines left out); runs in a worker process."""
-    results = []
-    for number, text in enumerate(lines, first_line):
-        result = parse_line(text, number)
-        if result is not None:
-            results.append(result)
-    return results
+def read_line_chunks(stream: IO[bytes], filename: str, size: int, block: int = 1 << 20) -> Iterator[LineChunk]:
+    """The raw lines of a job file in chunks of `size` lines (a leading UTF-8 byte order mark removed).
 
-
-def read_line_chunks(stream: IO[bytes], filename: str, size: int) -> Iterator[LineChunk]:
-    """The raw lines of a job file in chunks of `size` (a leading UTF-8 byte order mark removed)."""
+    Read in blocks of `block` bytes and cut at newlines found by `bytes.find`: no Python object per
+    line, so a chunk costs little more than its copy.
+    """
     first_line = 1
-    lines: list[bytes] = []
+    offset = 0  # where the next chunk starts in the file
+    parts: list[bytes] = []  # the start of the next chunk: `count` complete lines, perhaps a partial one
+    count = 0
     try:
-        for text in stream:
-            if first_line == 1 and not lines and text.startswith(_BOM):
-                text = text[len(_BOM):]
-            lines.append(text)
-            if len(lines) >= size:
-                yield LineChunk(first_line, lines)
-                first_line += len(lines)
-                lines = []
+        data = stream.read(block)
+        while 0 < len(data) < len(_BOM) and (more := stream.read(block)):
+            data += more
+        if data.startswith(_BOM):
+            offset = len(_BOM)
+            data = data[len(_BOM):] or stream.read(block)
+        while data:
+            newlines = data.count(b"\n")
+            start = 0
+            while count + newlines >= size:  # the chunk ends in this block
+                end = start
+                for _ in range(size - count):
+                    end = data.find(b"\n", end) + 1
+                parts.append(data[start:end])
+                chunk = b"".join(parts)
+                yield LineChunk(first_line, size, chunk, offset)
+                first_line += size
+                offset += len(chunk)
+                newlines -= size - count
+                parts, count, start = [], 0, end
+            if start < len(data):
+                parts.append(data[start:] if start else data)
+            count += newlines
+            data = stream.read(block)
     except OSError as exc:
         raise InputError(f"cannot read job file {filename}: {exc.strerror or exc}") from exc
-    if lines:
-        yield LineChunk(first_line, lines)
+    if parts:
+        rest = b"".join(parts)
+        yield LineChunk(first_line, count + (not rest.endswith(b"\n")), rest, offset)
 
 
 @contextmanager

@@ -1,30 +1,29 @@
 """The queue's tables. Only `store.py` and the Alembic migrations use them.
 
-Times are seconds since the epoch (UTC) in floating point: portable between SQLite and PostgreSQL,
-cheap to compare in the claim query, and free of time-zone surprises for leases.
+Plain SQLAlchemy Core tables (the ORM is never used, and importing it costs every command a tenth of
+a second). Times are seconds since the epoch (UTC) in floating point: portable between SQLite and
+PostgreSQL, cheap to compare in the claim query, and free of time-zone surprises for leases.
 """
 
 from __future__ import annotations
 
-from typing import cast
-
 from sqlalchemy import (
     BigInteger,
     Boolean,
+    Column,
     Float,
     ForeignKey,
     Index,
     Integer,
     MetaData,
+    PrimaryKeyConstraint,
     String,
     Table,
     Text,
     UniqueConstraint,
 )
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-#: the newest migration in migrations/versions; a test keeps the two in step
-SCHEMA_REVISION = "0002"
+from batchrun.revision import SCHEMA_REVISION  # noqa: F401  (re-exported: the revision of these tables)
 
 # SQLite only makes INTEGER PRIMARY KEY an alias of the rowid (and so auto-incrementing).
 Id = BigInteger().with_variant(Integer(), "sqlite")
@@ -36,145 +35,137 @@ NAMING = {
     "pk": "pk_%(table_name)s",
 }
 
+metadata = MetaData(naming_convention=NAMING)
 
-class Base(DeclarativeBase):
-    metadata = MetaData(naming_convention=NAMING)
+batches = Table(
+    "batches", metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("name", String(200), nullable=False, unique=True),
+    Column("created_at", Float, nullable=False),
+)
 
+#: A run of lines of a job file that loaded cleanly (no bad line, no conflict): submitting the same
+#: bytes at the same place of the same batch again needs no parsing — every line is a duplicate.
+submitted_chunks = Table(
+    "submitted_chunks", metadata,
+    Column("batch_id", Id, ForeignKey("batches.id"), primary_key=True),
+    Column("first_line", Integer, primary_key=True),
+    Column("line_count", Integer, primary_key=True),
+    Column("digest", String(64), primary_key=True),  # sha256 of the raw lines
+    Column("jobs", Integer, nullable=False),  # job lines among them (blank lines are not jobs)
+)
 
-class BatchRow(Base):
-    __tablename__ = "batches"
-
-    id: Mapped[int] = mapped_column(Id, primary_key=True, autoincrement=True)
-    name: Mapped[str] = mapped_column(String(200), unique=True)
-    created_at: Mapped[float] = mapped_column(Float)
-
-
-class SubmittedChunk(Base):
-    """A run of lines of a job file that loaded cleanly (no bad line, no conflict): submitting the same
-    bytes at the same place of the same batch again needs no parsing — every line is a duplicate."""
-
-    __tablename__ = "submitted_chunks"
-
-    batch_id: Mapped[int] = mapped_column(Id, ForeignKey("batches.id"), primary_key=True)
-    first_line: Mapped[int] = mapped_column(Integer, primary_key=True)
-    line_count: Mapped[int] = mapped_column(Integer, primary_key=True)
-    digest: Mapped[str] = mapped_column(String(64), primary_key=True)  # sha256 of the raw lines
-    jobs: Mapped[int] = mapped_column(Integer)  # job lines among them (blank lines are not jobs)
-
-
-class JobRow(Base):
-    """One request of a batch, from queued to a finished result or failure."""
-
-    __tablename__ = "jobs"
-    __table_args__ = (
-        UniqueConstraint("batch_id", "custom_id"),
-        # The claim query: next queued jobs in input order.
-        Index("ix_jobs_claim", "state", "batch_id", "id"),
-        # Leases of a runner: heartbeat extension and release.
-        Index("ix_jobs_lease_owner", "lease_owner"),
-    )
-
-    id: Mapped[int] = mapped_column(Id, primary_key=True, autoincrement=True)
-    batch_id: Mapped[int] = mapped_column(ForeignKey("batches.id"))
-    line: Mapped[int] = mapped_column(Integer)
-    custom_id: Mapped[str] = mapped_column(String(512))
-    body_hash: Mapped[str] = mapped_column(String(64))
-    body: Mapped[str] = mapped_column(Text)
-    model: Mapped[str] = mapped_column(String(200))
-    prompt_chars: Mapped[int] = mapped_column(Integer, default=0)
-    max_tokens: Mapped[int | None] = mapped_column(Integer, nullable=True)
-
+#: One request of a batch, from queued to a finished result or failure.
+jobs = Table(
+    "jobs", metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("batch_id", ForeignKey("batches.id"), nullable=False),
+    Column("line", Integer, nullable=False),
+    Column("custom_id", String(512), nullable=False),
+    Column("body_hash", String(64), nullable=False),
+    Column("body", Text, nullable=False),
+    Column("model", String(200), nullable=False),
+    Column("prompt_chars", Integer, nullable=False, default=0),
+    Column("max_tokens", Integer, nullable=True),
     # queued | running | succeeded | failed | cancelled
-    state: Mapped[str] = mapped_column(String(16), default="queued")
-    attempts: Mapped[int] = mapped_column(Integer, default=0)
-    not_before: Mapped[float] = mapped_column(Float, default=0.0)
-    lease_owner: Mapped[str | None] = mapped_column(String(200), nullable=True)
-    lease_expires: Mapped[float | None] = mapped_column(Float, nullable=True)
-
+    Column("state", String(16), nullable=False, default="queued"),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("not_before", Float, nullable=False, default=0.0),
+    Column("lease_owner", String(200), nullable=True),
+    Column("lease_expires", Float, nullable=True),
     # The last attempt: a result when succeeded, the last error otherwise.
-    key_id: Mapped[str | None] = mapped_column(String(200), nullable=True)
-    status_code: Mapped[int | None] = mapped_column(Integer, nullable=True)
-    request_id: Mapped[str | None] = mapped_column(String(200), nullable=True)
-    response: Mapped[str | None] = mapped_column(Text, nullable=True)
-    error_code: Mapped[str | None] = mapped_column(String(64), nullable=True)
-    error_message: Mapped[str | None] = mapped_column(Text, nullable=True)
-    model_served: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    Column("key_id", String(200), nullable=True),
+    Column("status_code", Integer, nullable=True),
+    Column("request_id", String(200), nullable=True),
+    Column("response", Text, nullable=True),
+    Column("error_code", String(64), nullable=True),
+    Column("error_message", Text, nullable=True),
+    Column("model_served", String(200), nullable=True),
     # The model id actually sent, after alias and fallback resolution; why a fallback was used.
-    model_sent: Mapped[str | None] = mapped_column(String(200), nullable=True)
-    fallback_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    Column("model_sent", String(200), nullable=True),
+    Column("fallback_reason", Text, nullable=True),
     # parameters removed because the model does not support them (--drop-unsupported), comma-separated
-    dropped_parameters: Mapped[str | None] = mapped_column(String(500), nullable=True)
-    finish_reason: Mapped[str | None] = mapped_column(String(32), nullable=True)
-    prompt_tokens: Mapped[int | None] = mapped_column(Integer, nullable=True)
-    completion_tokens: Mapped[int | None] = mapped_column(Integer, nullable=True)
-    total_tokens: Mapped[int | None] = mapped_column(Integer, nullable=True)
-    finished_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    Column("dropped_parameters", String(500), nullable=True),
+    Column("finish_reason", String(32), nullable=True),
+    Column("prompt_tokens", Integer, nullable=True),
+    Column("completion_tokens", Integer, nullable=True),
+    Column("total_tokens", Integer, nullable=True),
+    Column("finished_at", Float, nullable=True),
     # USD of this job's usage at the catalogue's prices; None = unknown (no price or no usage).
-    cost: Mapped[float | None] = mapped_column(Float, nullable=True)
+    Column("cost", Float, nullable=True),
+    UniqueConstraint("batch_id", "custom_id"),
+    # The claim query: next queued jobs in input order (and the count of queued jobs, index only).
+    Index("ix_jobs_claim", "state", "batch_id", "id"),
+    # Leases of a runner: heartbeat extension and release.
+    Index("ix_jobs_lease_owner", "lease_owner"),
+)
 
+#: What `status` shows, kept up to date by triggers on `jobs` (migration 0003) so that it is read
+#: without scanning the jobs: per batch and state — and per key and model served for succeeded
+#: jobs, per error code for failed ones ('' where that does not apply or is NULL) — the sum of every
+#: job's jobs/attempts/tokens/cost and, for succeeded jobs, its flags. Queued jobs count 0 in `jobs`
+#: (the claim index counts them), so a fresh job adds nothing and submitting costs no trigger work.
+job_tallies = Table(
+    "job_tallies", metadata,
+    Column("batch_id", Id, ForeignKey("batches.id"), nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("key_id", String(200), nullable=False),
+    Column("model", String(200), nullable=False),
+    Column("error_code", String(64), nullable=False),
+    *(Column(name, BigInteger, nullable=False)
+      for name in ("jobs", "attempts", "prompt_tokens", "completion_tokens", "total_tokens")),
+    Column("cost", Float, nullable=False),
+    # Succeeded jobs only: with a known cost, without a request id, with finish_reason "length", served
+    # by a fallback model.
+    *(Column(name, BigInteger, nullable=False) for name in ("priced", "unverified", "truncated", "fallbacks")),
+    PrimaryKeyConstraint("batch_id", "state", "key_id", "model", "error_code"),
+)
 
-class KeyRow(Base):
-    """What batchrun knows about an API key, by its public id; never the secret."""
-
-    __tablename__ = "api_keys"
-
-    id: Mapped[str] = mapped_column(String(200), primary_key=True)
+#: What batchrun knows about an API key, by its public id; never the secret.
+api_keys = Table(
+    "api_keys", metadata,
+    Column("id", String(200), primary_key=True),
     # active | cooling | revoked | expired | invalid | budget
-    state: Mapped[str] = mapped_column(String(16), default="active")
-    reason: Mapped[str | None] = mapped_column(Text, nullable=True)
-    since: Mapped[float] = mapped_column(Float)
-
+    Column("state", String(16), nullable=False, default="active"),
+    Column("reason", Text, nullable=True),
+    Column("since", Float, nullable=False),
     # The last run that used the key: its counts, when it ran, and its rate as configured and as
     # adapted to the provider's 429s (display strings such as "20/1s").
-    requests: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
-    rate_limited: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
-    errors: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
-    last_run_at: Mapped[float | None] = mapped_column(Float, nullable=True)
-    rate_configured: Mapped[str | None] = mapped_column(String(64), nullable=True)
-    rate_adapted: Mapped[str | None] = mapped_column(String(64), nullable=True)
-
+    Column("requests", Integer, nullable=False, default=0, server_default="0"),
+    Column("rate_limited", Integer, nullable=False, default=0, server_default="0"),
+    Column("errors", Integer, nullable=False, default=0, server_default="0"),
+    Column("last_run_at", Float, nullable=True),
+    Column("rate_configured", String(64), nullable=True),
+    Column("rate_adapted", String(64), nullable=True),
     # A key is leased to one runner at a time (renewed by its heartbeat), so that its rate limit holds
     # however many runners share the database.
-    lease_owner: Mapped[str | None] = mapped_column(String(200), nullable=True)
-    lease_expires: Mapped[float | None] = mapped_column(Float, nullable=True)
+    Column("lease_owner", String(200), nullable=True),
+    Column("lease_expires", Float, nullable=True),
+)
 
+#: One entry of the provider's model catalogue as last fetched; None columns are unknown.
+models = Table(
+    "models", metadata,
+    Column("id", String(200), primary_key=True),
+    Column("alias_for", String(200), nullable=True),
+    Column("context_length", Integer, nullable=True),
+    Column("supported_parameters", Text, nullable=True),  # a JSON list of strings
+    Column("response_format", Boolean, nullable=True),
+    Column("prompt_price", Float, nullable=True),  # USD per token
+    Column("completion_price", Float, nullable=True),  # USD per token
+    Column("fetched_at", Float, nullable=False),
+)
 
-class ModelRow(Base):
-    """One entry of the provider's model catalogue as last fetched; None columns are unknown."""
-
-    __tablename__ = "models"
-
-    id: Mapped[str] = mapped_column(String(200), primary_key=True)
-    alias_for: Mapped[str | None] = mapped_column(String(200), nullable=True)
-    context_length: Mapped[int | None] = mapped_column(Integer, nullable=True)
-    # A JSON list of strings.
-    supported_parameters: Mapped[str | None] = mapped_column(Text, nullable=True)
-    response_format: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
-    prompt_price: Mapped[float | None] = mapped_column(Float, nullable=True)  # USD per token
-    completion_price: Mapped[float | None] = mapped_column(Float, nullable=True)  # USD per token
-    fetched_at: Mapped[float] = mapped_column(Float)
-
-
-class RunnerRow(Base):
-    """One `batchrun run` process: who it is, whether it is alive, how it ended."""
-
-    __tablename__ = "runners"
-
-    id: Mapped[int] = mapped_column(Id, primary_key=True, autoincrement=True)
-    owner: Mapped[str] = mapped_column(String(200), unique=True)
-    host: Mapped[str] = mapped_column(String(200))
-    pid: Mapped[int] = mapped_column(Integer)
-    started_at: Mapped[float] = mapped_column(Float)
-    heartbeat_at: Mapped[float] = mapped_column(Float)
-    ended_at: Mapped[float | None] = mapped_column(Float, nullable=True)
-    exit_code: Mapped[int | None] = mapped_column(Integer, nullable=True)
-    outcome: Mapped[str | None] = mapped_column(Text, nullable=True)
-
-
-jobs = cast(Table, JobRow.__table__)
-batches = cast(Table, BatchRow.__table__)
-submitted_chunks = cast(Table, SubmittedChunk.__table__)
-api_keys = cast(Table, KeyRow.__table__)
-runners = cast(Table, RunnerRow.__table__)
-models = cast(Table, ModelRow.__table__)
-metadata = Base.metadata
+#: One `batchrun run` process: who it is, whether it is alive, how it ended.
+runners = Table(
+    "runners", metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("owner", String(200), nullable=False, unique=True),
+    Column("host", String(200), nullable=False),
+    Column("pid", Integer, nullable=False),
+    Column("started_at", Float, nullable=False),
+    Column("heartbeat_at", Float, nullable=False),
+    Column("ended_at", Float, nullable=True),
+    Column("exit_code", Integer, nullable=True),
+    Column("outcome", Text, nullable=True),
+)

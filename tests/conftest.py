@@ -12,7 +12,8 @@ import os
 import secrets
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -110,6 +111,29 @@ def provider_env(sim: RunningSimulator, keys: list[str]) -> dict[str, str]:
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def migrate(store: Any, revision: str, step: Callable[[Any, str], None]) -> None:
+    """Run an Alembic `step` (command.upgrade or command.downgrade) to `revision` on the store's database."""
+    from batchrun.store import _alembic_config
+
+    config = _alembic_config(store._engine)
+    with store.transaction() as conn:
+        config.attributes["connection"] = conn
+        step(config, revision)
+
+
+@contextmanager
+def database_at(url: str, revision: str) -> Iterator[Any]:
+    """A write transaction on a new database made at an older schema `revision` (to test upgrades)."""
+    from alembic import command
+
+    from batchrun.store import Store
+
+    with Store.open(url, migrate=False) as old:
+        migrate(old, revision, command.upgrade)
+        with old.transaction() as conn:
+            yield conn
 
 
 PG_ADMIN_URL = os.environ.get("BATCHRUN_TEST_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/postgres")

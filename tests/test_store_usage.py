@@ -5,16 +5,17 @@ database made at revision 0001."""
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Iterator
 
 import pytest
 from alembic import command
+from conftest import migrate
 from sqlalchemy import text
 
 from batchrun.catalog import ModelInfo
 from batchrun.jobfile import JobSpec, parse_line
 from batchrun.records import Failed, Succeeded
+from batchrun.schema import SCHEMA_REVISION
 from batchrun.store import Store, _alembic_config
 
 
@@ -247,16 +248,9 @@ def test_catalog_round_trip_and_replacement(store: Store) -> None:
 
 # --- the migration from 0001 ----------------------------------------------------------------------------
 
-def _migrate(store: Store, revision: str, step: Callable[[Any, str], None]) -> None:
-    config = _alembic_config(store._engine)
-    with store.transaction() as conn:
-        config.attributes["connection"] = conn
-        step(config, revision)
-
-
 def test_a_database_at_0001_upgrades_to_0002_keeping_its_jobs_and_keys(any_db_url: str) -> None:
     with Store.open(any_db_url, migrate=False) as old:
-        _migrate(old, "0001", command.upgrade)
+        migrate(old, "0001", command.upgrade)
         with old.transaction() as conn:
             conn.execute(text("INSERT INTO batches (name, created_at) VALUES ('old', 1.0)"))
             batch_id = conn.execute(text("SELECT id FROM batches WHERE name = 'old'")).scalar_one()
@@ -274,7 +268,7 @@ def test_a_database_at_0001_upgrades_to_0002_keeping_its_jobs_and_keys(any_db_ur
         assert old._current_revision() == "0001"
 
     with Store.open(any_db_url) as store:
-        assert store._current_revision() == "0002"
+        assert store._current_revision() == SCHEMA_REVISION
         (done,) = store.export_rows(["succeeded"])
         assert (done.custom_id, done.response, done.total_tokens) == ("done", '{"ok": 1}', 3)
         assert (done.cost, done.model_sent, done.fallback_reason) == (None, None, None)
@@ -299,11 +293,11 @@ def test_0002_downgrades_to_0001_keeping_the_jobs(any_db_url: str) -> None:
     with Store.open(any_db_url) as store:
         store.add_jobs(store.ensure_batch("b"), [spec for spec in specs(2)])
         store.save_key_run("k1", 1, 0, 0, None, None)
-        _migrate(store, "0001", command.downgrade)
+        migrate(store, "0001", command.downgrade)
         assert store._current_revision() == "0001"
         with store.transaction() as conn:
             assert conn.execute(text("SELECT count(*) FROM jobs")).scalar_one() == 2
             assert conn.execute(text("SELECT state FROM api_keys WHERE id = 'k1'")).scalar_one() == "active"
         store.upgrade()
-        assert store._current_revision() == "0002"
+        assert store._current_revision() == SCHEMA_REVISION
         assert len(list(store.export_rows(["queued"]))) == 2

@@ -1,0 +1,218 @@
+"""`batchrun submit` of a file big enough for the worker processes: the user sees what one process
+gives (every line once, in file order; problems named by file and line, in file order; resubmission
+idempotent), and a worker that dies or fails stops the submit with a clear error, after which
+submitting again completes the file with nothing lost and nothing doubled.
+
+Workers start above BATCHRUN_SUBMIT_PARALLEL_LINES lines left to load (20,000 by default). These tests
+set it to 0, so files of a few chunks (5,000 lines each) go through the workers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import Cli
+
+#: three workers for four chunks or more: the token goes round more than once
+PARALLEL = {"BATCHRUN_SUBMIT_PARALLEL_LINES": "0", "BATCHRUN_SUBMIT_WORKERS": "3"}
+
+
+def job(custom_id: str, content: str = "hello") -> str:
+    return json.dumps({"custom_id": custom_id, "model": "fast", "messages": [{"role": "user", "content": content}]})
+
+
+def job_lines(count: int, start: int = 1) -> list[str]:
+    return [job(f"c{i}") for i in range(start, start + count)]
+
+
+def write(path: Path, lines: list[str]) -> Path:
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def queued_ids(url: str) -> list[str]:
+    """custom_ids of the queued jobs in id order: the order runs claim them and exports list them."""
+    from batchrun.store import Store
+
+    with Store.open(url) as store:
+        return [row.custom_id for row in store.export_rows(["queued"])]
+
+
+@pytest.fixture
+def any_cli(tmp_path: Path, any_db_url: str) -> Cli:
+    return Cli(tmp_path, {"BATCHRUN_DB": any_db_url, **PARALLEL})
+
+
+def test_every_line_loads_once_in_file_order_and_problems_come_in_file_order(
+        any_cli: Cli, any_db_url: str, tmp_path: Path) -> None:
+    lines = job_lines(18_000)
+    lines[3 - 1] = "{not json"
+    lines[7002 - 1] = json.dumps({"custom_id": "c7002", "messages": [{"role": "user", "content": "x"}]})
+    lines[9000 - 1] = ""  # blank: ignored, still counted
+    lines[12_000 - 1] = job("c100", "another body")  # c100 (line 100) is in the first chunk: a conflict
+    lines[15_000 - 1] = json.dumps({"custom_id": "c15000", "model": "fast", "messages": []})
+    lines[16_000 - 1] = lines[15_999 - 1]  # the same job twice: a duplicate
+    path = write(tmp_path / "big.jsonl", lines)
+
+    result = any_cli("submit", str(path))
+
+    assert result.returncode == 1, result.stderr
+    reported = result.stderr.strip().splitlines()
+    assert [message.split(":")[1] for message in reported] == ["3", "7002", "12000", "15000"], result.stderr
+    assert reported[1].startswith(f"{path}:7002: model: ")
+    assert reported[2].startswith(f"{path}:12000: custom_id: 'c100'") and "conflict" in reported[2]
+    assert reported[3].startswith(f"{path}:15000: messages: ")
+    skipped = {3, 7002, 9000, 12_000, 15_000, 16_000}
+    expected = [f"c{i}" for i in range(1, 18_001) if i not in skipped]
+    assert (f"loaded {len(expected)}, duplicates skipped 1, conflicts 1, rejected 3" in result.stdout), result.stdout
+    assert queued_ids(any_db_url) == expected
+
+
+def test_resubmitting_a_grown_file_loads_only_the_new_lines(any_cli: Cli, any_db_url: str, tmp_path: Path) -> None:
+    path = write(tmp_path / "grows.jsonl", job_lines(12_000))
+    first = any_cli("submit", str(path))
+    write(path, job_lines(18_000))
+
+    grown = any_cli("submit", str(path))
+    again = any_cli("submit", str(path))
+
+    assert first.returncode == 0 and "loaded 12000, duplicates skipped 0" in first.stdout, first.stderr
+    assert grown.returncode == 0 and "loaded 6000, duplicates skipped 12000" in grown.stdout, grown.stderr
+    assert again.returncode == 0 and "loaded 0, duplicates skipped 18000" in again.stdout, again.stderr
+    assert queued_ids(any_db_url) == [f"c{i}" for i in range(1, 18_001)]
+
+
+def test_stdin_goes_through_the_workers_too(any_cli: Cli, any_db_url: str) -> None:
+    data = ("\n".join(job_lines(11_000)) + "\n").encode()
+    result = any_cli("submit", "-", "--batch", "piped", input=data)
+    assert result.returncode == 0, result.stderr
+    assert "batch piped: loaded 11000" in result.stdout
+    assert queued_ids(any_db_url) == [f"c{i}" for i in range(1, 11_001)]
+
+
+def test_strict_stays_one_transaction_and_rejects_a_big_file(any_cli: Cli, any_db_url: str, tmp_path: Path) -> None:
+    lines = job_lines(12_000)
+    lines[-1] = "{oops"
+    result = any_cli("submit", "--strict", str(write(tmp_path / "strict.jsonl", lines)))
+    assert result.returncode == 1
+    assert "nothing loaded" in result.stdout and ":12000: " in result.stderr
+    assert queued_ids(any_db_url) == []
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(entry))
+    return found
+
+
+def _start_and_wait_for_workers(cli: Cli, path: Path, count: int) -> tuple[subprocess.Popen[str], list[int]]:
+    process = subprocess.Popen([sys.executable, "-m", "batchrun", "submit", str(path)], cwd=cli.cwd,
+                               env=cli.environment(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               start_new_session=True)
+    deadline = time.monotonic() + 30
+    while len(workers := _children(process.pid)) < count:
+        assert process.poll() is None and time.monotonic() < deadline, "the workers never started"
+        time.sleep(0.001)
+    return process, workers
+
+
+def _gone(pids: list[int]) -> bool:
+    deadline = time.monotonic() + 10
+    while any(Path(f"/proc/{pid}").exists() for pid in pids):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+def test_a_killed_worker_stops_the_submit_and_submitting_again_completes_it(
+        any_db_url: str, tmp_path: Path) -> None:
+    cli = Cli(tmp_path, {"BATCHRUN_DB": any_db_url, "BATCHRUN_SUBMIT_PARALLEL_LINES": "0",
+                         "BATCHRUN_SUBMIT_WORKERS": "2"})
+    path = write(tmp_path / "killed.jsonl", job_lines(25_000))
+    process, workers = _start_and_wait_for_workers(cli, path, 2)
+
+    os.kill(workers[-1], signal.SIGKILL)
+    out, err = process.communicate(timeout=60)
+
+    assert process.returncode == 1, (out, err)
+    assert "killed by signal 9" in err and "submit the file again to load the rest" in err, err
+    assert "Traceback" not in err
+    assert _gone(workers)
+    again = cli("submit", str(path))
+    assert again.returncode == 0, again.stderr
+    counts = re.search(r"loaded (\d+), duplicates skipped (\d+)", again.stdout)
+    assert counts is not None, again.stdout
+    loaded, duplicates = int(counts[1]), int(counts[2])
+    assert loaded + duplicates == 25_000 and loaded > 0
+    assert queued_ids(any_db_url) == [f"c{i}" for i in range(1, 25_001)]
+
+
+def test_ctrl_c_stops_every_worker_and_submitting_again_completes_it(cli: Cli, db_url: str, tmp_path: Path) -> None:
+    cli.env.update(PARALLEL)
+    path = write(tmp_path / "interrupted.jsonl", job_lines(25_000))
+    process, workers = _start_and_wait_for_workers(cli, path, 3)
+
+    os.killpg(process.pid, signal.SIGINT)  # what Ctrl-C in a terminal does: the whole process group
+    _, err = process.communicate(timeout=60)
+
+    assert process.returncode != 0 and "Traceback" not in err, err
+    assert _gone(workers)
+    again = cli("submit", str(path))
+    assert again.returncode == 0, again.stderr
+    assert queued_ids(db_url) == [f"c{i}" for i in range(1, 25_001)]
+
+
+def test_a_database_error_in_a_worker_names_the_lines_and_keeps_what_loaded(cli: Cli, db_url: str,
+                                                                            tmp_path: Path) -> None:
+    import sqlite3
+
+    cli.env.update(PARALLEL)
+    assert cli("db", "upgrade").returncode == 0
+    database = db_url.removeprefix("sqlite:///")
+    with sqlite3.connect(database) as conn:
+        conn.execute("CREATE TRIGGER refuse BEFORE INSERT ON jobs WHEN NEW.custom_id = 'c12345' "
+                     "BEGIN SELECT RAISE(ABORT, 'refused by a test trigger'); END")
+    path = write(tmp_path / "refused.jsonl", job_lines(20_000))
+
+    result = cli("submit", str(path))
+
+    assert result.returncode == 1
+    assert "refused by a test trigger" in result.stderr and "lines 10001–15000" in result.stderr, result.stderr
+    assert "every line up to 10000 is loaded" in result.stderr, result.stderr
+    assert queued_ids(db_url) == [f"c{i}" for i in range(1, 10_001)]
+    with sqlite3.connect(database) as conn:
+        conn.execute("DROP TRIGGER refuse")
+    again = cli("submit", str(path))
+    assert again.returncode == 0 and "loaded 10000, duplicates skipped 10000" in again.stdout, again.stderr
+    assert queued_ids(db_url) == [f"c{i}" for i in range(1, 20_001)]
+
+
+def test_small_files_load_in_this_process(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from batchrun import loader, parallel_load
+    from batchrun.store import Store
+
+    started: list[int] = []
+    monkeypatch.setattr(parallel_load, "load_in_workers", lambda *args: started.append(1))
+    path = write(tmp_path / "small.jsonl", job_lines(300))
+    with Store.open(f"sqlite:///{tmp_path / 'q.db'}") as store:
+        small = loader.submit_file(store, str(path), None, False, print, workers=2, parallel_lines=300)
+        assert started == [] and small.loaded == 300
+        loader.submit_file(store, str(path), "other", False, print, workers=2, parallel_lines=299)
+        assert started == [1]
