@@ -55,10 +55,17 @@ def db_options(fn: F) -> F:
     return fn
 
 
+def keys_file_option(fn: F) -> F:
+    """The key source a flag gives; `build_settings` falls back to BATCHRUN_API_KEYS, then `keys_file`
+    in batchrun.toml. Shared by every command that takes keys (`run`, `models`, `estimate`, `keys`)."""
+    return click.option("--keys-file", envvar="BATCHRUN_KEYS_FILE", show_envvar=True,
+                        type=click.Path(dir_okay=False),
+                        help="API keys, one a line (# comments). Or set BATCHRUN_API_KEYS=k1,k2, or "
+                             "keys_file in batchrun.toml.")(fn)
+
+
 def provider_options(fn: F) -> F:
-    fn = click.option("--keys-file", envvar="BATCHRUN_KEYS_FILE", show_envvar=True,
-                      type=click.Path(dir_okay=False),
-                      help="API keys, one a line (# comments). Or set BATCHRUN_API_KEYS=k1,k2.")(fn)
+    fn = keys_file_option(fn)
     fn = click.option("--base-url", envvar="BATCHRUN_BASE_URL", show_envvar=True,
                       help="Provider URL including the version prefix, e.g. https://api.privatemind.com/v1")(fn)
     return fn
@@ -182,6 +189,10 @@ _RUN_HELP = "\n".join(f"  {code}  {meaning}" for code, meaning in EXIT_MEANINGS.
               help="Tokens per sliding window, per key, e.g. 100000/1m.")
 @click.option("--max-attempts", type=int, envvar="BATCHRUN_MAX_ATTEMPTS", show_envvar=True,
               help="Attempts per job before a transient failure is final. [default: 5]")
+@click.option("--transient-patience", envvar="BATCHRUN_TRANSIENT_PATIENCE", show_envvar=True,
+              help="Transient failures (429, 503, resets, timeouts) fail a job only once they have also "
+                   "gone on this long, so an outage does not use up its attempts; 0: --max-attempts "
+                   "alone. [default: 10m]")
 @click.option("--request-timeout", help="Give up on one request after this long. [default: 10m]")
 @click.option("--lease", help="How long a claimed job stays reserved without a heartbeat. [default: 60s]")
 @click.option("--backoff-base", help="First retry delay, doubling up to --backoff-max. [default: 1s]")
@@ -241,7 +252,8 @@ def run(batch: str | None, no_progress: bool, log_file: str | None, log_format: 
                       {key: (rec.state, rec.reason) for key, rec in store.key_records().items()})
     options = RunOptions(
         batch=batch, concurrency=settings.concurrency, lease=settings.lease,
-        policy=RetryPolicy(settings.max_attempts, Backoff(settings.backoff_base, settings.backoff_max)),
+        policy=RetryPolicy(settings.max_attempts, Backoff(settings.backoff_base, settings.backoff_max),
+                           settings.transient_patience),
         fallbacks=_fallbacks(settings), drop_unsupported=settings.drop_unsupported,
         grace=settings.grace, deadline=settings.deadline, max_cost=settings.max_cost,
         max_tokens=settings.max_tokens, wait_for_keys=settings.wait_for_keys,
@@ -582,30 +594,41 @@ def _export_to(path: str, write: Callable[[Any], int]) -> int:
 
 @cli.group(invoke_without_command=True)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@keys_file_option
 @db_options
 @click.pass_context
-def keys(ctx: click.Context, as_json: bool, db: str | None, config_path: str | None) -> None:
+def keys(ctx: click.Context, as_json: bool, keys_file: str | None, db: str | None, config_path: str | None) -> None:
     """Show every key: state (active, cooling, revoked, expired, invalid, budget), why and since when,
     the last run's requests, 429s and errors, and its rate limit (configured → adapted).
 
+    Given keys the way `run` takes them (--keys-file, BATCHRUN_API_KEYS or keys_file in batchrun.toml),
+    it also lists those no run has used yet, as state new. Keys are shown by their id, never their secret.
+
     \b
       batchrun keys
+      batchrun keys --keys-file keys.txt
+      BATCHRUN_API_KEYS=k1:s1,k2:s2 batchrun keys --json
       batchrun keys reset k2
     """
     ctx.obj = (db, config_path)
     if ctx.invoked_subcommand is not None:
         return
+    # The keys first: a bad keys file is reported before anything else happens.
+    settings = _settings({"keys_file": keys_file}, config_path)
     store = _open_store(db, config_path)
     records = store.key_records()
-    configured = _configured_key_ids(config_path)
+    unseen = [(key.id, settings.per_key_limits.get(key.id, settings.limits).rate)
+              for key in settings.keys if key.id not in records]
     if as_json:
         listed = [_key_json(r) for r in records.values()]
-        listed += [{"id": key, "state": "active", "reason": None, "since": None, "last_run": None,
-                    "rate_limit": None} for key in configured if key not in records]
+        listed += [{"id": key, "state": "new", "reason": "not used yet", "since": None, "last_run": None,
+                    "rate_limit": {"configured": str(rate) if rate else None, "adapted": None}}
+                   for key, rate in unseen]
         click.echo(orjson.dumps(listed, option=orjson.OPT_INDENT_2).decode())
         return
-    if not records and not configured:
-        click.echo(f"no key is known yet in {store.url} (keys are recorded when a run uses them)")
+    if not records and not unseen:
+        click.echo(f"no key is known yet in {store.url} (keys are recorded when a run uses them; "
+                   "give --keys-file or BATCHRUN_API_KEYS to list keys no run has used yet)")
         return
     click.echo(f"{'key':<16} {'state':<8} {'since':<20} {'requests':>8} {'429s':>6} {'errors':>6}  "
                f"{'rate (configured → adapted)':<28} reason")
@@ -613,21 +636,13 @@ def keys(ctx: click.Context, as_json: bool, db: str | None, config_path: str | N
         rate = (record.rate_configured or "none") + (f" → {record.rate_adapted}" if record.rate_adapted else "")
         click.echo(f"{record.id:<16} {record.state:<8} {_when(record.since):<20} {record.requests:>8} "
                    f"{record.rate_limited:>6} {record.errors:>6}  {rate:<28} {record.reason or ''}")
-    for key in configured:
-        if key not in records:
-            click.echo(f"{key:<16} {'active':<8} {'-':<20} {0:>8} {0:>6} {0:>6}  {'-':<28} not used yet")
+    for key, configured in unseen:
+        click.echo(f"{key:<16} {'new':<8} {'-':<20} {'-':>8} {'-':>6} {'-':>6}  {str(configured or 'none'):<28} "
+                   "not used yet")
 
 
 def _when(epoch: float | None) -> str:
     return "-" if epoch is None else format_clock(epoch)
-
-
-def _configured_key_ids(config_path: str | None) -> list[str]:
-    """Ids of the keys the environment or config names now (never their secrets); none if unset."""
-    try:
-        return [key.id for key in _settings({}, config_path).keys]
-    except BatchrunError:
-        return []
 
 
 @keys.command("reset")
