@@ -93,6 +93,8 @@ jobs = Table(
     Column("finished_at", Float, nullable=True),
     # USD of this job's usage at the catalogue's prices; None = unknown (no price or no usage).
     Column("cost", Float, nullable=True),
+    # When the job's current run of transient failures began (None: its last attempt was not one).
+    Column("transient_since", Float, nullable=True),
     UniqueConstraint("batch_id", "custom_id"),
     # The claim query: next queued jobs in input order (and the count of queued jobs, index only).
     Index("ix_jobs_claim", "state", "batch_id", "id"),
@@ -141,6 +143,12 @@ api_keys = Table(
     # however many runners share the database.
     Column("lease_owner", String(200), nullable=True),
     Column("lease_expires", Float, nullable=True),
+    # How long one request of the key counts against its limit (its longest window), stored by the
+    # runner that leases it; and, once the lease is given up (or its runner found dead), when another
+    # runner may take the key: after the last request sent with it has left the provider's window.
+    # NULL free_at: the key is leased (or never was).
+    Column("window_seconds", Float, nullable=True),
+    Column("free_at", Float, nullable=True),
 )
 
 #: One entry of the provider's model catalogue as last fetched; None columns are unknown.
