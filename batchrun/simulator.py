@@ -3,8 +3,8 @@
 It exists so users can rehearse a job file offline (`batchrun simulate`) and so batchrun's tests
 and benchmarks have a provider that misbehaves on demand, exactly the way the provider pages say
 real ones do: 401 for missing, malformed, revoked or expired keys; 402 for a spent key or org
-budget; 403 for a model a key may not use; 429 with `Retry-After` on a per-key sliding window;
-400/404 for unknown models; 422 with a FastAPI `detail`; 503 when no node is free; dropped
+budget; 403 for a model a key may not use; 429 with `Retry-After` on per-key sliding windows of
+requests and of tokens, and random 429s no client rate causes (an overloaded model); 400/404 for unknown models; 422 with a FastAPI `detail`; 503 when no node is free; dropped
 connections; and a `request_id` on every success.
 
     GET  /v1/models              the catalogue (models and aliases), auth required
@@ -13,8 +13,9 @@ connections; and a `request_id` on every success.
     POST /_sim/config            change the configuration of a running simulator
     POST /_sim/reset             zero the counters
 
-A completion is checked in the order a provider gateway would: key, budgets, rate limit, body
-schema, model, random faults, the model's own limits; then it waits the configured latency.
+A completion is checked in the order a provider gateway would: key, budgets, random 429s, rate
+limit, body schema, model, token limit, random faults, the model's own limits; then it waits the
+configured latency. A random 429 is decided before the rate limiter, so it uses no quota.
 The counters record what a client did, so a test can prove it never broke a limit or redid work.
 
 The catalogue and the request rules are in `simulator_catalog`, the counters in `simulator_state`;
@@ -46,6 +47,7 @@ from batchrun.keyid import key_id as public_key_id
 from batchrun.simulator_catalog import (
     ModelSpec,
     Refusal,
+    Reply,
     catalogue_entries,
     check_request,
     compose_reply,
@@ -101,7 +103,11 @@ class SimulatorConfig:
     latency_jitter: float = 0.0  # plus uniform(0, jitter)
     fail_rate: float = 0.0  # probability of 503 no nodes available
     reset_rate: float = 0.0  # probability the connection is dropped with no response
-    rate_limit: Rate | None = None  # per key sliding window
+    rate_limit: Rate | None = None  # per key sliding window of requests
+    # per key sliding window of tokens: prompt + completion tokens of the answer the simulator gives
+    token_limit: Rate | None = None
+    random_429_rate: float = 0.0  # probability of a 429 model_overloaded, before (and outside) the limits
+    random_429_retry_after: float = 1.0  # its Retry-After, in seconds (fractions allowed)
     revoked: set[str] = field(default_factory=set)  # key ids answered 401 key_revoked
     expired: set[str] = field(default_factory=set)  # key ids answered 401 key_expired
     accepted_keys: set[str] | None = None  # if set, any other key id is 401 invalid_api_key
@@ -122,8 +128,9 @@ def apply_config_changes(config: SimulatorConfig, changes: Any) -> None:
     """Apply a `POST /_sim/config` object to `config`: all of it, or nothing if any part is bad.
 
     Keys: remove_models, add_models, aliases (merged; null removes one), revoke, expire, fail_rate,
-    reset_rate, latency, latency_jitter, rate_limit ("20/1s" or null), org_budget, key_budgets
-    (merged). Raises ValueError naming the problem.
+    reset_rate, random_429_rate, random_429_retry_after, latency, latency_jitter, rate_limit and
+    token_limit ("20/1s" or null), org_budget, key_budgets (merged). Raises ValueError naming the
+    problem.
     """
     if not isinstance(changes, dict):
         raise ValueError("the body must be a JSON object")
@@ -202,12 +209,15 @@ def _seconds(attribute: str) -> Callable[[Any], _Step]:
     return parse
 
 
-def _rate_limit(value: Any) -> _Step:
-    try:
-        rate = None if value is None else parse_rate(str(value), field="rate_limit")
-    except ConfigError as exc:
-        raise ValueError(str(exc)) from exc
-    return lambda config: setattr(config, "rate_limit", rate)
+def _rate(attribute: str) -> Callable[[Any], _Step]:
+    def parse(value: Any) -> _Step:
+        try:
+            rate = None if value is None else parse_rate(str(value), field=attribute)
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from exc
+        return lambda config: setattr(config, attribute, rate)
+
+    return parse
 
 
 def _org_budget(value: Any) -> _Step:
@@ -238,9 +248,12 @@ _CONFIG_CHANGES: dict[str, Callable[[Any], _Step]] = {
     "expire": _add_to("expired"),
     "fail_rate": _probability("fail_rate"),
     "reset_rate": _probability("reset_rate"),
+    "random_429_rate": _probability("random_429_rate"),
+    "random_429_retry_after": _seconds("random_429_retry_after"),
     "latency": _seconds("latency"),
     "latency_jitter": _seconds("latency_jitter"),
-    "rate_limit": _rate_limit,
+    "rate_limit": _rate("rate_limit"),
+    "token_limit": _rate("token_limit"),
     "org_budget": _org_budget,
     "key_budgets": _key_budgets,
 }
@@ -266,6 +279,16 @@ class _Refused(Exception):
         """The OpenAI-style `{"error": {...}}` answer."""
         body = {"error": {"message": message, "type": _ERROR_TYPES.get(status, "api_error"), "code": code}}
         return cls(status, body, headers)
+
+    @classmethod
+    def over_limit(cls, code: str, limit: str, key: str, wait: float) -> _Refused:
+        """A 429 of a key's sliding window, with the honest wait rounded up to whole seconds (never 0)."""
+        return cls.error(
+            429,
+            code,
+            f"Rate limit exceeded for key {key}: {limit}. Retry after the Retry-After header's seconds.",
+            headers={"Retry-After": str(max(1, math.ceil(wait)))},
+        )
 
     @classmethod
     def refusal(cls, status: int, refusal: Refusal) -> _Refused:
@@ -314,9 +337,9 @@ class _Handlers:
                 response = refused.response()
             except _Dropped:
                 return self._drop(request, key)
-            rate = self.config.rate_limit
-            if key is not None and rate is not None:
-                response.headers.update(self.state.rate_headers(key, rate))
+            requests, tokens = self.config.rate_limit, self.config.token_limit
+            if key is not None and (requests is not None or tokens is not None):
+                response.headers.update(self.state.rate_headers(key, requests, tokens))
             self.state.record_status(key, response.status)
             log.info("completion key=%s status=%s", key or "-", response.status)
             return response
@@ -331,21 +354,27 @@ class _Handlers:
             config.revoked.add(key)
         self._check_key(token, key)
         self._check_budgets(key)
+        if self._happens(config.random_429_rate):
+            state.count_random_429(key)
+            raise _Refused.error(
+                429,
+                "model_overloaded",
+                "The model is currently overloaded with other requests. Retry after the Retry-After "
+                "header's seconds.",
+                headers=_retry_after_headers(config.random_429_retry_after),
+            )
         if config.rate_limit is not None:
             wait = state.admit(key, config.rate_limit)
             if wait is not None:
-                raise _Refused.error(
-                    429,
-                    "rate_limit_exceeded",
-                    f"Rate limit exceeded for key {key}: {config.rate_limit} requests. Retry after the "
-                    "Retry-After header's seconds.",
-                    headers={"Retry-After": str(max(1, math.ceil(wait)))},
-                )
+                raise _Refused.over_limit("rate_limit_exceeded", f"{config.rate_limit} requests", key, wait)
         body = await _read_json(request)
         detail = validate_body(body)
         if detail:
             raise _Refused(422, {"detail": detail})
         model = self._resolve(body["model"], key)
+        reply = compose_reply(body)
+        if config.token_limit is not None:
+            self._admit_tokens(key, config.token_limit, reply.total_tokens)
         if self._happens(config.reset_rate):
             await self._wait_latency()
             raise _Dropped
@@ -359,10 +388,23 @@ class _Handlers:
         # budgets again, with no await before the success is counted: concurrent requests that
         # all passed the first check must not overspend a budget
         self._check_budgets(key)
-        return self._success(key, model, body)
+        return self._success(key, model, body, reply)
 
-    def _success(self, key: str, model: ModelSpec, body: dict[str, Any]) -> web.Response:
-        reply = compose_reply(body)
+    def _admit_tokens(self, key: str, limit: Rate, tokens: int) -> None:
+        wait = self.state.admit_tokens(key, limit, tokens)
+        if wait is None:
+            return
+        if math.isinf(wait):
+            raise _Refused.error(
+                429,
+                "request_too_large",
+                f"Request too large for key {key}: it needs {tokens} tokens, more than the limit of "
+                f"{limit} tokens allows. Reduce the prompt or max_tokens.",
+            )
+        needs = f"{limit} tokens; this request needs {tokens}"
+        raise _Refused.over_limit("tokens_rate_limit_exceeded", needs, key, wait)
+
+    def _success(self, key: str, model: ModelSpec, body: dict[str, Any], reply: Reply) -> web.Response:
         number = self.state.record_success(key, body["messages"])
         answer: dict[str, Any] = {
             "id": f"chatcmpl-{number}",
@@ -485,6 +527,12 @@ class _Handlers:
     async def reset(self, request: web.Request) -> web.Response:
         self.state.reset()
         return web.json_response({"ok": True})
+
+
+def _retry_after_headers(seconds: float) -> dict[str, str]:
+    """`Retry-After` in whole seconds when `seconds` is whole (else as a decimal), and `retry-after-ms`."""
+    text = str(int(seconds)) if seconds == int(seconds) else f"{seconds:.3f}".rstrip("0")
+    return {"Retry-After": text, "retry-after-ms": str(round(seconds * 1000))}
 
 
 def _well_formed(token: str) -> bool:

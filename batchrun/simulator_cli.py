@@ -28,7 +28,7 @@ def _rate(ctx: click.Context, param: click.Parameter, value: str | None) -> Rate
     if value is None:
         return None
     try:
-        return parse_rate(value, field="--rate-limit")
+        return parse_rate(value, field=f"--{param.name}".replace("_", "-"))
     except ConfigError as exc:
         raise click.BadParameter(str(exc), ctx=ctx, param=param) from exc
 
@@ -65,6 +65,27 @@ def _option(flag: str, **kwargs: Any) -> Callable[[FC], FC]:
 @_option("--fail-rate", type=click.FloatRange(0, 1), default=0.0, help="Probability of a 503 no_nodes_available.")
 @_option("--reset-rate", type=click.FloatRange(0, 1), default=0.0, help="Probability a connection is dropped.")
 @_option("--rate-limit", metavar="N/DURATION", callback=_rate, help="Per-key sliding window, e.g. 20/1s or 600/1m.")
+@_option(
+    "--token-limit",
+    metavar="N/DURATION",
+    callback=_rate,
+    help="Per-key sliding window of tokens (prompt + completion), e.g. 10000/1m.",
+)
+@_option(
+    "--rate-limited-rate",
+    metavar="P",
+    type=click.FloatRange(0, 1),
+    default=0.0,
+    help="Probability of a 429 model_overloaded that no client rate causes (it uses no quota).",
+)
+@_option(
+    "--rate-limited-retry-after",
+    metavar="SECONDS",
+    default="1",
+    callback=_duration,
+    show_default=True,
+    help="The Retry-After of those random 429s, e.g. 1, 0.5 or 250ms.",
+)
 @_option("--revoked", metavar="KEYID", multiple=True, help="Answer this key id 401 key_revoked. Repeatable.")
 @_option("--expired", metavar="KEYID", multiple=True, help="Answer this key id 401 key_expired. Repeatable.")
 @_option(
@@ -98,6 +119,9 @@ def simulate_command(
     fail_rate: float,
     reset_rate: float,
     rate_limit: Rate | None,
+    token_limit: Rate | None,
+    rate_limited_rate: float,
+    rate_limited_retry_after: float,
     revoked: tuple[str, ...],
     expired: tuple[str, ...],
     budget: dict[str, int],
@@ -116,6 +140,10 @@ def simulate_command(
     Example, a flaky, rate-limited provider on a free port:
 
         batchrun simulate --port 0 --latency 50ms --fail-rate 0.05 --rate-limit 20/1s --seed 7
+
+    Example, a provider that also limits tokens and sheds load with random 429s:
+
+        batchrun simulate --port 0 --token-limit 10000/1m --rate-limited-rate 0.05
     """
     # imported here: `batchrun status` should not pay for loading aiohttp's server
     from batchrun.simulator import SimulatorConfig, serve
@@ -126,6 +154,9 @@ def simulate_command(
         fail_rate=fail_rate,
         reset_rate=reset_rate,
         rate_limit=rate_limit,
+        token_limit=token_limit,
+        random_429_rate=rate_limited_rate,
+        random_429_retry_after=rate_limited_retry_after,
         revoked=set(revoked),
         expired=set(expired),
         key_budgets=budget,

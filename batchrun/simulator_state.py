@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import threading
 import time
 from collections import deque
@@ -29,36 +30,54 @@ class SlidingWindow:
     `max_window` can prove whether a client stayed under the limit, refused or not. A request at
     time t stays in the window while `t > now - period`. Times are passed in, not read, so the
     arithmetic is tested with a fake clock.
+
+    Each request weighs `amount` units: 1 for a request limit, its tokens for a token limit, so
+    one class serves both windows. A request heavier than the whole limit can never be admitted;
+    `arrive` says so with `math.inf`.
     """
 
-    __slots__ = ("admitted", "arrivals", "max_window")
+    __slots__ = ("admitted", "arrivals", "max_window", "_admitted_total", "_arrivals_total")
 
     def __init__(self) -> None:
-        self.admitted: deque[float] = deque()
-        self.arrivals: deque[float] = deque()
+        self.admitted: deque[tuple[float, int]] = deque()
+        self.arrivals: deque[tuple[float, int]] = deque()
         self.max_window = 0
+        self._admitted_total = 0
+        self._arrivals_total = 0
 
-    def arrive(self, now: float, rate: Rate) -> float | None:
-        """Record a request at `now`; None if admitted, else seconds until a slot frees up."""
+    def arrive(self, now: float, rate: Rate, amount: int = 1) -> float | None:
+        """Record a request of `amount` units at `now`; None if admitted, else seconds until it fits."""
         horizon = now - rate.period
-        _forget_until(self.arrivals, horizon)
-        self.arrivals.append(now)
-        self.max_window = max(self.max_window, len(self.arrivals))
-        _forget_until(self.admitted, horizon)
-        if len(self.admitted) >= rate.count:
-            return self.admitted[0] + rate.period - now
-        self.admitted.append(now)
+        self._arrivals_total -= _forget_until(self.arrivals, horizon)
+        self.arrivals.append((now, amount))
+        self._arrivals_total += amount
+        self.max_window = max(self.max_window, self._arrivals_total)
+        self._admitted_total -= _forget_until(self.admitted, horizon)
+        excess = self._admitted_total + amount - rate.count
+        if excess > 0:
+            return self._wait_to_free(excess, now, rate)
+        self.admitted.append((now, amount))
+        self._admitted_total += amount
         return None
 
     def remaining(self, now: float, rate: Rate) -> int:
-        """Requests the key may still send in the current window."""
-        _forget_until(self.admitted, now - rate.period)
-        return max(0, rate.count - len(self.admitted))
+        """Units the key may still use in the current window."""
+        self._admitted_total -= _forget_until(self.admitted, now - rate.period)
+        return max(0, rate.count - self._admitted_total)
 
     def reset_in(self, now: float, rate: Rate) -> float:
         """Seconds until the oldest admitted request leaves the window (0 when none is in it)."""
-        _forget_until(self.admitted, now - rate.period)
-        return max(0.0, self.admitted[0] + rate.period - now) if self.admitted else 0.0
+        self._admitted_total -= _forget_until(self.admitted, now - rate.period)
+        return max(0.0, self.admitted[0][0] + rate.period - now) if self.admitted else 0.0
+
+    def _wait_to_free(self, excess: int, now: float, rate: Rate) -> float:
+        """Seconds until the oldest admitted requests leaving the window free `excess` units."""
+        freed = 0
+        for time_, amount in self.admitted:
+            freed += amount
+            if freed >= excess:
+                return time_ + rate.period - now
+        return math.inf  # more than the whole limit: no wait makes it fit
 
 
 #: float slack in the client's favour, so a client pacing exactly at the limit (one request every
@@ -66,35 +85,47 @@ class SlidingWindow:
 _WINDOW_SLACK = 1e-9
 
 
-def _forget_until(times: deque[float], horizon: float) -> None:
-    while times and times[0] <= horizon + _WINDOW_SLACK:
-        times.popleft()
+def _forget_until(entries: deque[tuple[float, int]], horizon: float) -> int:
+    """Drop the entries at or before `horizon`; returns the units they weighed."""
+    dropped = 0
+    while entries and entries[0][0] <= horizon + _WINDOW_SLACK:
+        dropped += entries.popleft()[1]
+    return dropped
 
 
 @dataclass
 class KeyStats:
-    """What one key did: completion requests, successes, statuses, and its busiest window.
+    """What one key did: completion requests, successes, statuses, and its busiest windows.
 
     `max_window` counts the requests that reached the rate limiter (every one a key with budget
-    left sent, admitted or refused); 401s and 402s are answered before it and are not counted.
-    It stays 0 while no rate limit is configured.
+    left sent, admitted or refused); 401s, 402s and random 429s are answered before it and are not
+    counted. It stays 0 while no rate limit is configured. `max_token_window` is the same for the
+    token limit: the most tokens of requests that reached it inside any one window.
     """
 
     requests: int = 0
     ok: int = 0
+    random_429s: int = 0
     by_status: dict[int, int] = field(default_factory=dict)
     window: SlidingWindow = field(default_factory=SlidingWindow, repr=False)
+    token_window: SlidingWindow = field(default_factory=SlidingWindow, repr=False)
 
     @property
     def max_window(self) -> int:
         return self.window.max_window
 
+    @property
+    def max_token_window(self) -> int:
+        return self.token_window.max_window
+
     def snapshot(self) -> dict[str, Any]:
         return {
             "requests": self.requests,
             "ok": self.ok,
+            "random_429s": self.random_429s,
             "by_status": {str(status): n for status, n in sorted(self.by_status.items())},
             "max_window": self.max_window,
+            "max_token_window": self.max_token_window,
         }
 
 
@@ -121,6 +152,7 @@ class SimulatorState:
             self.by_status: dict[int, int] = {}
             self.keys: dict[str, KeyStats] = {}
             self.completions_ok = 0
+            self.random_429s = 0
             self.duplicates = 0
             self.models_requests = 0
             self.resets = 0
@@ -152,7 +184,9 @@ class SimulatorState:
                 "by_status": {str(status): n for status, n in sorted(self.by_status.items())},
                 "keys": {key: stats.snapshot() for key, stats in sorted(self.keys.items())},
                 "max_window": {key: stats.max_window for key, stats in sorted(self.keys.items())},
+                "max_token_window": {key: stats.max_token_window for key, stats in sorted(self.keys.items())},
                 "completions_ok": self.completions_ok,
+                "random_429s": self.random_429s,
                 "duplicates": self.duplicates,
                 "prompts_served": len(self._served),
                 "models_requests": self.models_requests,
@@ -184,6 +218,11 @@ class SimulatorState:
         with self._lock:
             self.models_requests += 1
 
+    def count_random_429(self, key: str) -> None:
+        with self._lock:
+            self.random_429s += 1
+            self.keys.setdefault(key, KeyStats()).random_429s += 1
+
     def count_reset(self) -> None:
         with self._lock:
             self.resets += 1
@@ -207,17 +246,24 @@ class SimulatorState:
         with self._lock:
             return self.keys.setdefault(key, KeyStats()).window.arrive(now, rate)
 
-    def rate_headers(self, key: str, rate: Rate) -> dict[str, str]:
-        """The `x-ratelimit-*` headers a rate-limited key gets on every response."""
+    def admit_tokens(self, key: str, rate: Rate, tokens: int) -> float | None:
+        """Pass `tokens` of `key` through its token window; seconds to wait if refused (inf: never fits)."""
         now = self.clock()
         with self._lock:
-            window = self.keys.setdefault(key, KeyStats()).window
-            remaining, reset = window.remaining(now, rate), window.reset_in(now, rate)
-        return {
-            "x-ratelimit-limit-requests": str(rate.count),
-            "x-ratelimit-remaining-requests": str(remaining),
-            "x-ratelimit-reset-requests": _format_seconds(reset),
-        }
+            return self.keys.setdefault(key, KeyStats()).token_window.arrive(now, rate, tokens)
+
+    def rate_headers(self, key: str, requests: Rate | None, tokens: Rate | None) -> dict[str, str]:
+        """The `x-ratelimit-*` headers a rate- or token-limited key gets on every response."""
+        now = self.clock()
+        headers: dict[str, str] = {}
+        with self._lock:
+            stats = self.keys.setdefault(key, KeyStats())
+            for name, rate, window in (("requests", requests, stats.window), ("tokens", tokens, stats.token_window)):
+                if rate is not None:
+                    headers[f"x-ratelimit-limit-{name}"] = str(rate.count)
+                    headers[f"x-ratelimit-remaining-{name}"] = str(window.remaining(now, rate))
+                    headers[f"x-ratelimit-reset-{name}"] = _format_seconds(window.reset_in(now, rate))
+        return headers
 
     def record_success(self, key: str, messages: Any) -> int:
         """Count a successful completion; returns its sequence number for the completion id.

@@ -201,7 +201,8 @@ async def test_duplicates_and_distinct_prompts_are_counted() -> None:
     assert snap["duplicates"] == 2
     assert snap["requests_total"] == 4
     assert snap["by_status"] == {"200": 4}
-    assert snap["keys"]["team-a"] == {"requests": 4, "ok": 4, "by_status": {"200": 4}, "max_window": 0}
+    assert snap["keys"]["team-a"] == {"requests": 4, "ok": 4, "random_429s": 0, "by_status": {"200": 4},
+                                      "max_window": 0, "max_token_window": 0}
     json.dumps(snap)  # JSON-able
 
 
