@@ -13,6 +13,8 @@ file and the defaults, and validates everything in one place.
     rate_limit = "600/1m"             # per key; or rpm = 600
     token_limit = "200000/1m"         # per key; or tpm = 200000
     max_attempts = 5
+    transient_patience = "10m"        # transient failures (429, 503, resets) fail a job only after
+                                      # max_attempts AND this long: an outage does not use up its attempts
     request_timeout = "10m"
     backoff_base = "1s"
     backoff_max = "30s"
@@ -65,6 +67,7 @@ class Settings:
     limits: KeyLimits = KeyLimits()
     per_key_limits: dict[str, KeyLimits] = field(default_factory=dict)
     max_attempts: int = 5
+    transient_patience: float = 600.0
     request_timeout: float = 600.0
     lease: float = 60.0
     backoff_base: float = 1.0
@@ -139,6 +142,7 @@ def build_settings(flags: dict[str, Any], config_path: str | None, environ: dict
         limits=KeyLimits(rate, tokens),
         per_key_limits=per_key,
         max_attempts=_positive_int(pick("max_attempts"), 5, "max_attempts"),
+        transient_patience=_duration(pick("transient_patience"), 600.0, "transient_patience"),
         request_timeout=_duration(pick("request_timeout"), 600.0, "request_timeout"),
         lease=_duration(pick("lease"), 60.0, "lease"),
         backoff_base=_duration(pick("backoff_base"), 1.0, "backoff_base"),

@@ -16,7 +16,7 @@ DEFAULT_CONFIG = "batchrun.toml"
 
 FILE_KEYS = {
     "db", "base_url", "keys_file", "api_keys", "concurrency", "rate_limit", "rpm", "token_limit", "tpm",
-    "max_attempts", "request_timeout", "lease", "backoff_base", "backoff_max", "limits",
+    "max_attempts", "transient_patience", "request_timeout", "lease", "backoff_base", "backoff_max", "limits",
     "require_request_id", "key_format", "drop_unsupported", "fallback_models", "fallback",
     "grace", "max_duration", "until", "max_cost", "max_tokens", "wait_for_keys",
 }

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from aiolimiter import AsyncLimiter
 
-from batchrun.adaptive import RateAdapter
+from batchrun.adaptive import RateController
 from batchrun.errors import ConfigError
 from batchrun.keyid import key_id
 from batchrun.units import Rate, format_period
@@ -222,8 +222,9 @@ class KeyLane:
         self.rate_limited = 0
         self.errors = 0
         rate = limits.rate
-        # Lowers the key's rate when it keeps hitting 429 below its configured rate; raises it back slowly.
-        self.adapter = RateAdapter(rate.count / rate.period if rate else None, period=rate.period if rate else 1.0)
+        # Learns the key's real limit from the share of 429s; random 429s leave the rate alone.
+        self.adapter = RateController(rate.count / rate.period if rate else None,
+                                      period=rate.period if rate else 1.0)
         self._pacer = request_pacer(rate) if rate else None
         self._window = RequestWindow(rate) if rate else None
         self._tokens = TokenWindow(limits.tokens) if limits.tokens else None
@@ -234,36 +235,44 @@ class KeyLane:
 
     @property
     def rate_adapted(self) -> str | None:
-        """The lowered rate in force, as `N/period` in the configured period (per second otherwise)."""
+        """The learned rate in force, as `N/period` in the configured period (per second otherwise)."""
         adapted = self.adapter.adapted
         if adapted is None:
             return None
         period = self.limits.rate.period if self.limits.rate else 1.0
         return f"{adapted * period:.3g}/{format_period(period)}"
 
-    def sent(self) -> None:
+    def sent(self) -> float:
+        """A request goes now with this key; returns the send time (monotonic)."""
         self.requests += 1
-        self.adapter.sent(time.monotonic())
+        return time.monotonic()
 
-    def on_rate_limited(self) -> str | None:
-        """A 429 for this key: maybe lower its rate. Returns what changed, for the log."""
+    def on_rate_limited(self, sent_at: float, exhausted: bool = False) -> str | None:
+        """A 429 for a request this key sent at `sent_at` (`exhausted`: its headers said the window is
+        spent). Returns what changed, for the log."""
         self.rate_limited += 1
         self.consecutive_429 += 1
-        change = self.adapter.rate_limited(time.monotonic())
-        if change:
-            self._apply_rate()
-        return change
+        return self._answered(sent_at, limited=True, exhausted=exhausted)
 
-    def on_success(self) -> str | None:
-        self.succeeded += 1
+    def on_answer(self, sent_at: float, succeeded: bool) -> str | None:
+        """Any other answer (a success, a 503, a 400: each passed the provider's rate limiter)."""
+        if succeeded:
+            self.succeeded += 1
         self.consecutive_429 = 0
-        change = self.adapter.succeeded(time.monotonic())
-        if change:
-            self._apply_rate()
-        return change
+        return self._answered(sent_at, limited=False)
+
+    def _answered(self, sent_at: float, limited: bool, exhausted: bool = False) -> str | None:
+        change = self.adapter.answered(sent_at, time.monotonic(), limited, exhausted)
+        if change is None:
+            return None
+        self._apply_rate()
+        if change.pause:
+            # the provider's window still holds what was sent too fast: let it drain
+            self.pause(change.pause)
+        return change.message
 
     def _apply_rate(self) -> None:
-        # The window keeps the configured limit; a lowered rate only slows the pacer.
+        # The window keeps the configured limit; a learned rate paces the key evenly below it.
         adapted = self.adapter.adapted
         if adapted is not None:
             self._pacer = AsyncLimiter(1, 1.0 / adapted)

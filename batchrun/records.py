@@ -47,6 +47,8 @@ class ClaimedJob:
     prompt_chars: int
     max_tokens: int | None
     attempts: int
+    #: when the job's first transient failure came (epoch seconds); None while it has had none
+    transient_since: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +96,8 @@ class Retry:
     response: str | None
     error_code: str
     error_message: str
+    #: when the job's transient failures began (kept across attempts); None: not a transient failure
+    transient_since: float | None = None
 
 
 Outcome = Succeeded | Failed | Retry

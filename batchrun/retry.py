@@ -56,26 +56,47 @@ class Decision:
     refresh_catalog: bool = False
 
 
+#: 429s in a row on one key (nothing else answered between them) after which the key itself pauses:
+#: random 429s at 5 % put 5 in a row once in 3 million answers; a key that really is over its limit
+#: gets them at once.
+KEY_STRIKES = 5
+
+
 @dataclass(frozen=True, slots=True)
 class RetryPolicy:
+    """`max_attempts` transient failures (429, 503, resets, timeouts) fail a job only once they have
+    also gone on for `patience` seconds: an outage of a few seconds must not use up a job's attempts
+    in the 15 s its backoff takes, while a job that keeps failing still ends. Job errors (400, 422)
+    fail at once."""
+
     max_attempts: int = 5
     backoff: Backoff = Backoff()
+    patience: float = 600.0
+
+    def gives_up(self, attempt: int, failing_for: float) -> bool:
+        """After transient failure number `attempt`, the first of them `failing_for` seconds ago."""
+        return attempt >= self.max_attempts and failing_for >= self.patience
 
     def decide(self, error: ProviderError, attempt: int, rng: random.Random | None = None,
-               key_strikes: int = 1) -> Decision:
+               key_strikes: int = 1, failing_for: float = 0.0) -> Decision:
         """`attempt` is the number of the attempt that just failed (1 for the first); `key_strikes`
-        how many 429s in a row the key that sent it has had (this one included)."""
+        how many 429s in a row the key that sent it has had (this one included); `failing_for` how
+        long ago the job's first transient failure was (0 for this one)."""
         if isinstance(error, RateLimited):
-            # The key was too fast, not the job: the key cools down (longer with each 429 in a row when
-            # the provider gives no Retry-After); the job may go to another key at once, but each 429
-            # spends an attempt so a job cannot bounce forever.
-            cooldown = (error.retry_after if error.retry_after is not None
-                        else self.backoff.delay(key_strikes, rng))
-            if attempt >= self.max_attempts:
-                return Decision(FAIL, code=error.code, key_action="cool", key_cooldown=cooldown)
-            return Decision(RETRY, delay=0.0, key_action="cool", key_cooldown=cooldown)
+            # One 429 says little about the key: providers send them for their own load too. The job
+            # waits the Retry-After (any key may take it then) and the key goes on; its rate learns a
+            # real limit from the share of 429s (`adaptive.py`). Only a run of 429s with nothing else
+            # between pauses the key itself, for the Retry-After (or a backoff of the run's length).
+            delay = error.retry_after if error.retry_after is not None else self.backoff.delay(attempt, rng)
+            cool = key_strikes >= KEY_STRIKES
+            cooldown = (0.0 if not cool else error.retry_after if error.retry_after is not None
+                        else self.backoff.delay(key_strikes - KEY_STRIKES + 1, rng))
+            action = "cool" if cool else None
+            if self.gives_up(attempt, failing_for):
+                return Decision(FAIL, code=error.code, key_action=action, key_cooldown=cooldown)
+            return Decision(RETRY, delay=delay, key_action=action, key_cooldown=cooldown)
         if isinstance(error, TransientError):
-            if attempt >= self.max_attempts:
+            if self.gives_up(attempt, failing_for):
                 return Decision(FAIL, code=error.code)
             delay = error.retry_after if error.retry_after is not None else self.backoff.delay(attempt, rng)
             return Decision(RETRY, delay=delay)

@@ -1,29 +1,84 @@
-"""The per-key rate adapter as a pure policy: sends, 429s, successes and a fake clock in, a rate out.
+"""The per-key rate controller as a pure object: answers and a fake clock in, a rate out.
 
-Sends are fed in bursts at whole seconds so that the measured rate is an exact number: N sends at each
-of t = 1 … 8 measured at t = 9 is 8·N requests over the 8 s since the oldest of them.
+Most cases drive it with a small model of a provider (`Provider`): a sliding-window limit per key and
+429s at random that no rate causes, both on a fake clock. The key sends at the controller's rate, pauses
+when told, and every answer comes back `LATENCY` later. Each case asserts the rate the controller
+settles at, and what the provider admitted.
 """
 
 from __future__ import annotations
 
+import random
+from collections import deque
+from dataclasses import dataclass, field
+
 import pytest
 
-from batchrun.adaptive import MIN_SPAN, RateAdapter, describe
+from batchrun.adaptive import MIN_SPAN, RateController, describe
+
+LATENCY = 0.2
 
 
-def burst_sends(adapter: RateAdapter, per_second: int, start: int = 1, end: int = 8) -> None:
-    for second in range(start, end + 1):
-        for _ in range(per_second):
-            adapter.sent(float(second))
+@dataclass
+class Provider:
+    """A key's quota at a provider: `limit` requests per sliding `period`, and `noise` of the answers
+    429 at random (not counted in the window). `limit` may change mid-run."""
+
+    limit: float
+    period: float = 1.0
+    noise: float = 0.0
+    rng: random.Random = field(default_factory=lambda: random.Random(7))
+    admitted: deque[float] = field(default_factory=deque)
+
+    def answer(self, now: float) -> bool:
+        """True for a 429."""
+        if self.rng.random() < self.noise:
+            return True
+        while self.admitted and self.admitted[0] <= now - self.period:
+            self.admitted.popleft()
+        if len(self.admitted) >= self.limit * self.period:
+            return True
+        self.admitted.append(now)
+        return False
 
 
-def lowered(configured: float | None = 20.0, per_second: int = 20, **kwargs: float) -> RateAdapter:
-    """An adapter lowered at t = 9 after sending `per_second` a second from t = 1 to 8."""
-    adapter = RateAdapter(configured, **kwargs)  # type: ignore[arg-type]
-    burst_sends(adapter, per_second)
-    assert adapter.rate_limited(9.0) is None
-    assert adapter.rate_limited(9.0) is not None
-    return adapter
+@dataclass
+class Trace:
+    sends: list[tuple[float, bool]] = field(default_factory=list)  # (time, 429)
+    changes: list[str] = field(default_factory=list)
+
+    def admitted_rate(self, start: float, end: float) -> float:
+        return sum(1 for t, limited in self.sends if start <= t < end and not limited) / (end - start)
+
+    def share_429(self, start: float = 0.0, end: float = float("inf")) -> float:
+        window = [limited for t, limited in self.sends if start <= t < end]
+        return sum(window) / len(window)
+
+
+def drive(controller: RateController, provider: Provider, seconds: float, start: float = 0.0,
+          trace: Trace | None = None, until_change: bool = False) -> Trace:
+    """Send at the controller's rate for `seconds` of fake time; answers arrive LATENCY later."""
+    trace = trace or Trace()
+    pending: deque[tuple[float, float, bool]] = deque()  # (answer at, sent at, limited)
+    now, paused_until = start, start
+    while now < start + seconds:
+        while pending and pending[0][0] <= now:
+            answered_at, sent_at, limited = pending.popleft()
+            change = controller.answered(sent_at, answered_at, limited)
+            if change is not None:
+                trace.changes.append(change.message)
+                paused_until = max(paused_until, answered_at + change.pause)
+                if until_change:
+                    return trace
+        rate = controller.effective
+        if rate is None:
+            break  # no limit any more: nothing left to drive
+        if now >= paused_until:
+            limited = provider.answer(now)
+            trace.sends.append((now, limited))
+            pending.append((now + LATENCY, now, limited))
+        now += 1.0 / rate
+    return trace
 
 
 # --- describe ----------------------------------------------------------------------------------------
@@ -38,249 +93,147 @@ def test_describe_uses_up_to_three_significant_digits(rate: float | None, text: 
     assert describe(rate) == text
 
 
-# --- measuring --------------------------------------------------------------------------------------
-
-
-def test_starts_unadapted() -> None:
-    adapter = RateAdapter(20.0)
-    assert adapter.configured == 20.0
-    assert adapter.adapted is None
-    assert adapter.effective == 20.0
-    assert adapter.span == MIN_SPAN == 10.0
-    assert adapter.lowerings == 0
-    assert RateAdapter(None).effective is None
-
-
-def test_span_is_the_period_when_that_is_longer_than_ten_seconds() -> None:
-    assert RateAdapter(600 / 60, period=60.0).span == 60.0
-    assert RateAdapter(20.0, period=0.5).span == 10.0
-
-
-def test_measured_rate_over_the_last_span() -> None:
-    adapter = RateAdapter(None)
-    assert adapter.measured(0.0) is None
-    burst_sends(adapter, 20)
-    assert adapter.measured(9.0) == 20.0           # 160 sends since t = 1
-    assert adapter.measured(10.0) == 160 / 9       # the oldest burst is 9 s old
-    assert adapter.measured(11.0) == 140 / 9       # the burst at t = 1 left the span at exactly 11
-    assert adapter.measured(17.5) == 20 / 9.5      # only the burst at t = 8 is left
-    assert adapter.measured(18.0) is None          # and it leaves at exactly one span
-
-
-def test_a_burst_counts_per_period_not_per_instant() -> None:
-    adapter = RateAdapter(None)
-    for _ in range(40):
-        adapter.sent(100.0)
-    assert adapter.measured(100.1) == 40.0
-
-
-def test_an_idle_start_of_the_span_does_not_dilute_the_rate() -> None:
-    adapter = RateAdapter(None)
-    adapter.sent(0.0)
-    for tenth in range(20):                           # 10/s from t = 20 to 21.9
-        adapter.sent(20.0 + tenth / 10)
-    assert adapter.measured(22.0) == pytest.approx(10.0)
-
-
-# --- lowering ---------------------------------------------------------------------------------------
-
-
-def test_a_single_429_does_not_lower() -> None:
-    adapter = RateAdapter(20.0)
-    burst_sends(adapter, 20)
-    assert adapter.rate_limited(9.0) is None
-    assert adapter.adapted is None
-    assert adapter.effective == 20.0
-    # another success changes nothing either
-    assert adapter.succeeded(9.5) is None
-
-
-def test_two_429s_within_the_span_lower_the_rate() -> None:
-    adapter = RateAdapter(20.0)
-    burst_sends(adapter, 15)                          # 15/s actually sent
-    assert adapter.rate_limited(8.5) is None
-    assert adapter.rate_limited(9.0) == "key rate lowered from 20/s to 11.2/s after repeated 429s"
-    assert adapter.adapted == 0.75 * 15.0
-    assert adapter.effective == 11.25
-    assert adapter.lowerings == 1
-
-
-def test_lowering_starts_from_the_configured_rate_when_more_was_sent() -> None:
-    adapter = lowered(configured=12.0, per_second=20)
-    assert adapter.adapted == 9.0
-
-
-def test_two_429s_further_apart_than_the_span_do_not_lower() -> None:
-    adapter = RateAdapter(20.0)
-    burst_sends(adapter, 20, start=1, end=20)
-    assert adapter.rate_limited(5.0) is None
-    assert adapter.rate_limited(15.0) is None         # exactly one span later: the first one is gone
-    assert adapter.adapted is None
-    assert adapter.rate_limited(24.999) is not None   # within a span of the one at 15
-    assert adapter.adapted is not None
-
-
-def test_lower_after_is_configurable() -> None:
-    adapter = RateAdapter(20.0, lower_after=3)
-    burst_sends(adapter, 20)
-    assert adapter.rate_limited(9.0) is None
-    assert adapter.rate_limited(9.0) is None
-    assert adapter.rate_limited(9.0) is not None
-
-
-def test_no_second_lowering_within_a_span_of_the_first() -> None:
-    adapter = lowered()                               # at t = 9, to 15/s
-    assert adapter.adapted == 15.0
-    burst_sends(adapter, 15, start=9, end=19)
-    for now in (9.0, 9.5, 12.0, 18.999):
-        assert adapter.rate_limited(now) is None      # answers to requests sent at the old rate
-    assert adapter.adapted == 15.0
-    # from one span after the lowering, 429s count again; those of the blocked span do not
-    assert adapter.rate_limited(19.0) is None
-    assert adapter.rate_limited(19.5) == "key rate lowered from 15/s to 11.2/s after repeated 429s"
-    assert adapter.adapted == 0.75 * 15.0
-    assert adapter.lowerings == 2
-
-
-def test_unconfigured_key_is_lowered_relative_to_what_it_sent() -> None:
-    adapter = lowered(configured=None, per_second=20)
-    assert adapter.adapted == 15.0
-    assert adapter.effective == 15.0
-
-
-def test_unconfigured_message_names_the_measured_rate() -> None:
-    adapter = RateAdapter(None)
-    burst_sends(adapter, 8)
-    adapter.rate_limited(9.0)
-    assert adapter.rate_limited(9.0) == "key rate lowered from no limit (8/s sent) to 6/s after repeated 429s"
-
-
-def test_unconfigured_key_without_sends_is_not_lowered() -> None:
-    adapter = RateAdapter(None)
-    assert adapter.rate_limited(1.0) is None
-    assert adapter.rate_limited(1.0) is None
-    assert adapter.effective is None
-
-
-def test_lowering_stops_at_the_floor() -> None:
-    adapter = RateAdapter(0.06)
-    adapter.sent(1.0)
-    adapter.rate_limited(1.5)
-    assert adapter.rate_limited(2.0) == "key rate lowered from 0.06/s to 0.05/s after repeated 429s"
-    assert adapter.adapted == 0.05
-    adapter.sent(12.0)
-    adapter.rate_limited(12.5)
-    assert adapter.rate_limited(13.0) is None         # already at the floor: nothing changes
-    assert adapter.adapted == 0.05
-    assert adapter.lowerings == 1
-
-
-def test_floor_is_configurable() -> None:
-    adapter = lowered(configured=1.0, per_second=1, floor=0.9)
-    assert adapter.adapted == 0.9
-
-
-# --- raising ----------------------------------------------------------------------------------------
-
-
-def test_raises_after_a_quiet_span_by_a_step_of_the_configured_rate() -> None:
-    adapter = lowered(configured=20.0, per_second=10)  # 0.75 × 10 = 7.5; step 0.05 × 20 = 1
-    assert adapter.adapted == 7.5
-    assert adapter.succeeded(18.999) is None
-    assert adapter.succeeded(19.0) == "key rate raised from 7.5/s to 8.5/s"
-    assert adapter.adapted == 8.5
-    # at most once per span
-    assert adapter.succeeded(19.0) is None
-    assert adapter.succeeded(28.999) is None
-    assert adapter.succeeded(29.0) == "key rate raised from 8.5/s to 9.5/s"
-
-
-def test_a_429_restarts_the_quiet_span_even_when_it_does_not_lower() -> None:
-    adapter = lowered(configured=20.0, per_second=10)  # lowered at 9 to 7.5
-    assert adapter.rate_limited(15.0) is None         # in the blocked span: no lowering
-    assert adapter.succeeded(19.0) is None            # but not quiet since 15
-    assert adapter.succeeded(25.0) == "key rate raised from 7.5/s to 8.5/s"
-    assert adapter.rate_limited(30.0) is None         # a single 429 after the block: no lowering
-    assert adapter.adapted == 8.5
-    assert adapter.succeeded(35.0) is None
-    assert adapter.succeeded(39.999) is None
-    assert adapter.succeeded(40.0) == "key rate raised from 8.5/s to 9.5/s"
-
-
-def test_raises_back_to_the_configured_rate_and_ends_the_adaptation() -> None:
-    adapter = lowered(configured=20.0, per_second=20)  # 15/s
-    messages = [adapter.succeeded(9.0 + 10 * step) for step in range(1, 6)]
-    assert messages == [
-        "key rate raised from 15/s to 16/s",
-        "key rate raised from 16/s to 17/s",
-        "key rate raised from 17/s to 18/s",
-        "key rate raised from 18/s to 19/s",
-        "key rate back to 20/s",
-    ]
-    assert adapter.adapted is None
-    assert adapter.effective == 20.0
-    assert adapter.succeeded(100.0) is None
-
-
-def test_the_last_step_never_overshoots_the_configured_rate() -> None:
-    adapter = lowered(configured=20.0, per_second=20, raise_step=0.15)  # 15 → 18 → (21) 20
-    assert adapter.succeeded(19.0) == "key rate raised from 15/s to 18/s"
-    assert adapter.succeeded(29.0) == "key rate back to 20/s"
-    assert adapter.effective == 20.0
-
-
-def test_unconfigured_key_is_raised_back_to_no_limit() -> None:
-    adapter = lowered(configured=None, per_second=20)  # target 20/s (sent), at 15/s; step 1/s
-    for step in range(1, 5):
-        assert adapter.succeeded(9.0 + 10 * step) is not None
-    assert adapter.adapted == 19.0
-    assert adapter.succeeded(59.0) == "key rate back to 20/s (no limit)"
-    assert adapter.adapted is None
-    assert adapter.effective is None
-
-
-def test_the_raise_target_is_the_rate_before_the_first_lowering() -> None:
-    adapter = lowered(configured=None, per_second=20)  # 15/s, target 20/s
-    burst_sends(adapter, 15, start=19, end=26)
-    adapter.rate_limited(27.0)
-    assert adapter.rate_limited(27.0) == "key rate lowered from 15/s to 11.2/s after repeated 429s"
-    # steps are still 5 % of 20/s, not of the 15/s sent before the second lowering
-    assert adapter.succeeded(37.0) == "key rate raised from 11.2/s to 12.2/s"
-    assert adapter.adapted == 12.25
-
-
-def test_a_new_adaptation_after_the_end_measures_afresh() -> None:
-    adapter = lowered(configured=None, per_second=20)
-    for step in range(1, 6):
-        adapter.succeeded(9.0 + 10 * step)
-    assert adapter.adapted is None
-    burst_sends(adapter, 8, start=101, end=108)
-    adapter.rate_limited(109.0)
-    message = adapter.rate_limited(109.0)
-    assert message == "key rate lowered from no limit (8/s sent) to 6/s after repeated 429s"
-    assert adapter.succeeded(119.0) == "key rate raised from 6/s to 6.4/s"  # 5 % of 8/s
-
-
-def test_messages_come_exactly_when_the_effective_rate_changes() -> None:
-    adapter = RateAdapter(20.0)
-    burst_sends(adapter, 20)
-    seen = []
-    events = [("429", 9.0), ("ok", 9.1), ("429", 9.2), ("ok", 12.0), ("429", 13.0), ("ok", 19.2),
-              ("ok", 20.0), ("429", 25.0), ("ok", 30.0), ("ok", 35.0)]
-    for kind, now in events:
-        before = adapter.effective
-        message = adapter.rate_limited(now) if kind == "429" else adapter.succeeded(now)
-        assert (message is not None) == (adapter.effective != before), (kind, now)
-        seen.append(message is not None)
-    assert seen == [False, False, True, False, False, False, False, False, False, True]
+def test_starts_at_the_configured_rate() -> None:
+    controller = RateController(20.0)
+    assert (controller.configured, controller.adapted, controller.effective) == (20.0, None, 20.0)
+    assert controller.span == MIN_SPAN == 10.0
+    assert RateController(600 / 60, period=60.0).span == 60.0
+    assert RateController(None).effective is None
 
 
 @pytest.mark.parametrize("kwargs", [
-    {"configured": 0.0}, {"configured": -1.0}, {"configured": 1.0, "period": 0.0},
-    {"configured": 1.0, "lower_after": 0}, {"configured": 1.0, "factor": 1.0},
-    {"configured": 1.0, "factor": 0.0}, {"configured": 1.0, "raise_step": 0.0},
-    {"configured": 1.0, "floor": 0.0},
+    {"configured": 0.0}, {"configured": -1.0}, {"period": 0.0}, {"threshold": 0.0}, {"threshold": 1.0},
+    {"early_samples": 1}, {"early_samples": 60}, {"probe_step": 0.0}, {"probe_step": 0.6}, {"max_hold": 0},
 ])
-def test_rejects_unusable_settings(kwargs: dict[str, float]) -> None:
+def test_rejects_nonsense_settings(kwargs: dict[str, float]) -> None:
+    args = {"configured": 20.0, **kwargs}
+    configured = args.pop("configured")
     with pytest.raises(ValueError):
-        RateAdapter(**kwargs)  # type: ignore[arg-type]
+        RateController(configured, **args)  # type: ignore[arg-type]
+
+
+# --- the table: what the rate settles at -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("noise", [0.05, 0.20])
+def test_random_429s_do_not_lower_the_rate_for_good(noise: float) -> None:
+    """429s at a share that does not depend on the rate: the key keeps (or goes back to) its
+    configured rate. At 20 % — above the 15 % threshold — one lowering is tried, the 429s do not go
+    away at the lower rate, and the controller learns they are noise."""
+    controller = RateController(20.0)
+    trace = drive(controller, Provider(limit=20.0, noise=noise), 300.0)
+    assert controller.effective == 20.0, trace.changes
+    assert trace.admitted_rate(100, 300) >= 0.97 * 20.0 * (1 - noise) - 0.3
+    if noise < controller._threshold:  # noqa: SLF001 - below the threshold nothing is ever tried
+        assert trace.changes == []
+    else:
+        assert len(trace.changes) == 2 and "noise" in trace.changes[1]
+        assert controller.noise == pytest.approx(noise, abs=0.06)
+
+
+@pytest.mark.parametrize("ratio", [0.5, 0.8])
+def test_a_real_limit_below_the_configured_one_is_learned(ratio: float) -> None:
+    """The key is told 20/s; the provider allows 20·ratio. The rate settles at the real limit (within
+    the 5 % probe step), the provider admits ≥ 0.95 of it after the first 10 s, and few answers are 429."""
+    controller = RateController(20.0)
+    limit = 20.0 * ratio
+    trace = drive(controller, Provider(limit=limit), 300.0)
+    effective = controller.effective
+    assert effective is not None and 0.93 * limit <= effective <= 1.06 * limit, trace.changes
+    assert trace.admitted_rate(10, 300) >= 0.95 * limit
+    assert trace.share_429(0, 300) <= 0.03
+    assert "admitted" in trace.changes[0]
+
+
+def test_a_real_limit_is_found_at_once_when_nearly_every_answer_is_a_429() -> None:
+    """At a quarter of the configured rate, the first lowering comes after a few dozen answers, not
+    after a whole 10 s round."""
+    controller = RateController(20.0)
+    trace = drive(controller, Provider(limit=5.0), 20.0, until_change=True)
+    assert controller.effective is not None and controller.effective <= 5.5
+    assert len(trace.sends) <= 40
+
+
+def test_a_real_limit_under_random_429s_is_learned_and_the_noise_is_not_taken_for_it() -> None:
+    controller = RateController(20.0)
+    trace = drive(controller, Provider(limit=10.0, noise=0.05), 300.0)
+    assert controller.effective is not None and 9.0 <= controller.effective <= 10.6, trace.changes
+    assert trace.admitted_rate(10, 300) >= 0.9 * 10.0 * 0.95
+
+
+def test_a_limit_the_provider_raises_mid_run_is_found_again() -> None:
+    controller = RateController(20.0)
+    provider = Provider(limit=10.0)
+    trace = drive(controller, provider, 100.0)
+    assert controller.effective is not None and controller.effective <= 10.6
+    provider.limit = 25.0  # above the configured 20/s now
+    drive(controller, provider, 600.0, start=100.0, trace=trace)
+    assert controller.effective == 20.0, trace.changes[-3:]
+    assert trace.admitted_rate(600, 700) >= 0.97 * 20.0
+
+
+def test_probing_climbs_at_most_five_percent_a_round() -> None:
+    controller = RateController(20.0)
+    provider = Provider(limit=10.0)
+    trace = drive(controller, provider, 60.0)
+    provider.limit = 20.0
+    before = len(trace.changes)
+    drive(controller, provider, 400.0, start=60.0, trace=trace)
+    raises = [message for message in trace.changes[before:] if "raised" in message]
+    assert raises
+    for message in raises:
+        old, new = (float(part.split("/")[0]) for part in message.split("from ")[1].split(" (")[0].split(" to "))
+        assert new <= old * 1.05 * 1.01  # as printed: 3 significant digits
+
+
+def test_a_lowering_pauses_the_key_for_one_period_the_provider_still_counts() -> None:
+    controller = RateController(10.0, period=60.0)
+    change = None
+    now = 0.0
+    while change is None:
+        change = controller.answered(now, now + 0.1, limited=now > 30)
+        now += 0.1
+    assert change.pause == 60.0
+    assert change.rate is not None and change.rate < 10.0
+
+
+def test_answers_to_requests_sent_before_a_change_do_not_count_against_the_new_rate() -> None:
+    controller = RateController(20.0)
+    change = None
+    now = 0.0
+    while change is None:  # every answer a 429: lowered early
+        change = controller.answered(now, now + 0.2, limited=True)
+        now += 0.05
+    lowered = controller.effective
+    for _ in range(500):  # late 429s answering requests sent at the old rate
+        assert controller.answered(0.0, now, limited=True) is None
+    assert controller.effective == lowered
+
+
+def test_a_key_without_a_configured_rate_learns_one_and_climbs_back_to_no_limit() -> None:
+    controller = RateController(None)
+    provider = Provider(limit=5.0)
+    trace = Trace()
+    now = 0.0
+    # no configured rate: the key sends as fast as its jobs come, 20/s here
+    while controller.effective is None and now < 10:
+        limited = provider.answer(now)
+        trace.sends.append((now, limited))
+        change = controller.answered(now, now + 0.2, limited)
+        if change:
+            trace.changes.append(change.message)
+        now += 0.05
+    assert controller.effective is not None and controller.effective <= 5.5
+    assert "no limit" in trace.changes[0]
+    provider.limit = 100.0
+    drive(controller, provider, 900.0, start=now, trace=trace)
+    assert controller.effective is None, trace.changes[-2:]
+    assert trace.changes[-1].endswith("(no limit)")
+
+
+def test_a_long_retry_after_does_not_change_what_the_rate_settles_at() -> None:
+    """`Retry-After` is the request's business (the job waits it out), not the rate's: the controller
+    sees only which answers were 429, so a 30 s Retry-After on random 429s leaves the rate alone."""
+    controller = RateController(20.0, period=1.0)
+    trace = drive(controller, Provider(limit=20.0, noise=0.05), 120.0)
+    assert controller.effective == 20.0 and trace.changes == []

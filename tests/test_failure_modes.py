@@ -64,8 +64,8 @@ def test_a_configured_rate_above_the_providers_limit_is_lowered_and_every_job_fi
                  env=provider_env(sim, make_keys(2)))
 
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "rate lowered" in result.stderr, result.stderr
     stats = sim.state.snapshot()
+    assert "rate lowered" in result.stderr, (result.stderr, stats)
     assert stats["by_status"]["200"] == jobs and stats["duplicates"] == 0, stats
     assert json.loads(cli("status", "--json").stdout)["batches"][0]["succeeded"] == jobs
     too_many = stats["by_status"].get("429", 0)
@@ -125,7 +125,7 @@ def test_a_permanent_outage_trips_the_breaker_and_fails_every_job_as_no_capacity
     submit_jobs(cli, tmp_path, jobs)
 
     result = cli("run", "--no-progress", "--concurrency", "16", "--max-attempts", "3", *FAST_RETRY,
-                 env=provider_env(sim, make_keys(1)))
+                 "--transient-patience", "0", env=provider_env(sim, make_keys(1)))
 
     assert result.returncode == 1, result.stdout + result.stderr
     stats = sim.state.snapshot()
@@ -207,7 +207,7 @@ def test_require_request_id_retries_a_200_without_one_then_fails_it_as_unverifie
     jobs = 6
     submit_jobs(cli, tmp_path, jobs)
 
-    result = cli("run", "--no-progress", "--require-request-id", "--max-attempts", "2", *FAST_RETRY,
+    result = cli("run", "--no-progress", "--require-request-id", "--max-attempts", "2", *FAST_RETRY, "--transient-patience", "0",
                  env=provider_env(sim, make_keys(1)))
 
     assert result.returncode == 1, result.stdout + result.stderr

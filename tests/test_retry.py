@@ -22,7 +22,7 @@ from batchrun.errors import (
     TransientError,
     ValidationFailed,
 )
-from batchrun.retry import FAIL, REQUEUE, RETRY, Backoff, Decision, RetryPolicy
+from batchrun.retry import FAIL, KEY_STRIKES, REQUEUE, RETRY, Backoff, Decision, RetryPolicy
 
 # The provider docs: 1 s -> 2 s -> 4 s -> 8 s -> ... at most 30 s, with random jitter.
 EXPECTED_RAW = [1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0, 30.0]
@@ -88,42 +88,71 @@ def test_backoff_for_a_very_late_attempt_is_still_the_cap() -> None:
 # --- RetryPolicy: rate limits ------------------------------------------------------------------------
 
 
-def test_rate_limited_with_retry_after_cools_the_key_for_that_long_and_retries_at_once() -> None:
+def test_a_lone_429_leaves_the_key_alone_and_the_job_waits_its_retry_after() -> None:
+    """Random 429s (an overloaded provider) must not pause the key: the job waits the Retry-After,
+    then any key may take it."""
     decision = RetryPolicy().decide(RateLimited(retry_after=7.0), attempt=1, rng=random.Random(1))
-    assert decision == Decision(RETRY, delay=0.0, key_action="cool", key_cooldown=7.0)
+    assert decision == Decision(RETRY, delay=7.0)
+
+
+def test_a_429_without_retry_after_retries_after_the_backoff_of_the_jobs_attempt() -> None:
+    decision = RetryPolicy().decide(RateLimited(), attempt=2, rng=random.Random(5))
+    assert decision == Decision(RETRY, delay=Backoff().delay(2, random.Random(5)))
 
 
 def test_rate_limited_with_retry_after_zero_uses_zero_not_the_backoff() -> None:
     decision = RetryPolicy().decide(RateLimited(retry_after=0.0), attempt=3, rng=random.Random(1))
     assert decision.job == RETRY
-    assert decision.key_cooldown == 0.0
+    assert decision.delay == 0.0
 
 
-@pytest.mark.parametrize("strikes", [1, 2, 3, 4])
-def test_rate_limited_without_retry_after_cools_the_key_by_the_backoff_of_its_429s_in_a_row(strikes: int) -> None:
+@pytest.mark.parametrize("strikes", [1, 4])
+def test_fewer_than_five_429s_in_a_row_do_not_cool_the_key(strikes: int) -> None:
+    assert KEY_STRIKES == 5
+    decision = RetryPolicy().decide(RateLimited(retry_after=1.0), attempt=1, key_strikes=strikes)
+    assert decision.key_action is None
+
+
+def test_five_429s_in_a_row_cool_the_key_for_the_retry_after() -> None:
+    decision = RetryPolicy().decide(RateLimited(retry_after=30.0), attempt=1, key_strikes=5)
+    assert (decision.job, decision.delay, decision.key_action, decision.key_cooldown) == (RETRY, 30.0, "cool", 30.0)
+
+
+@pytest.mark.parametrize("strikes", [5, 6, 7, 8])
+def test_429s_in_a_row_without_retry_after_cool_the_key_by_a_backoff_of_the_run(strikes: int) -> None:
     policy = RetryPolicy()
     decision = policy.decide(RateLimited(), attempt=1, rng=random.Random(5), key_strikes=strikes)
-    assert decision.job == RETRY
-    assert decision.delay == 0.0
     assert decision.key_action == "cool"
-    # the key's strikes, not the job's attempt, set the cool-down: exactly the backoff for that many
-    assert decision.key_cooldown == Backoff().delay(strikes, random.Random(5))
-    low, high = bounds(EXPECTED_RAW[strikes - 1], policy.backoff)
+    low, high = bounds(EXPECTED_RAW[strikes - KEY_STRIKES], policy.backoff)
     assert low <= decision.key_cooldown <= high
 
 
-def test_rate_limited_fails_the_job_with_code_rate_limited_at_max_attempts() -> None:
-    decision = RetryPolicy(max_attempts=5).decide(RateLimited(retry_after=2.0), attempt=5)
-    assert decision.job == FAIL
-    assert decision.code == "rate_limited"
-    # the key still cools down: it was still too fast
-    assert decision.key_action == "cool"
-    assert decision.key_cooldown == 2.0
+def test_rate_limited_fails_the_job_at_max_attempts_once_the_patience_is_spent() -> None:
+    policy = RetryPolicy(max_attempts=5, patience=600.0)
+    assert policy.decide(RateLimited(retry_after=2.0), attempt=5, failing_for=599.0).job == RETRY
+    decision = policy.decide(RateLimited(retry_after=2.0), attempt=5, failing_for=600.0)
+    assert (decision.job, decision.code) == (FAIL, "rate_limited")
 
 
 def test_rate_limited_one_attempt_before_the_limit_still_retries() -> None:
-    assert RetryPolicy(max_attempts=3).decide(RateLimited(retry_after=1.0), attempt=2).job == RETRY
-    assert RetryPolicy(max_attempts=3).decide(RateLimited(retry_after=1.0), attempt=3).job == FAIL
+    policy = RetryPolicy(max_attempts=3, patience=0.0)
+    assert policy.decide(RateLimited(retry_after=1.0), attempt=2).job == RETRY
+    assert policy.decide(RateLimited(retry_after=1.0), attempt=3).job == FAIL
+
+
+@pytest.mark.parametrize("error", [TransientError(status=503), RateLimited()])
+def test_an_outage_shorter_than_the_patience_does_not_fail_the_job_however_many_attempts(
+        error: ProviderError) -> None:
+    policy = RetryPolicy(max_attempts=5, patience=600.0)
+    for attempt in range(1, 60):
+        failing_for = attempt * 15.0 - 1
+        expected = FAIL if failing_for >= 600 else RETRY
+        assert policy.decide(error, attempt, failing_for=failing_for).job == expected
+
+
+def test_patience_does_not_delay_a_job_error() -> None:
+    decision = RetryPolicy(patience=600.0).decide(BadRequest(status=400), attempt=1)
+    assert decision.job == FAIL
 
 
 # --- RetryPolicy: transient failures -----------------------------------------------------------------
@@ -147,12 +176,12 @@ def test_transient_error_without_retry_after_waits_the_backoff(attempt: int) -> 
 
 
 def test_transient_error_fails_with_its_own_code_at_max_attempts() -> None:
-    decision = RetryPolicy(max_attempts=5).decide(TransientError(status=500, retry_after=1.0), attempt=5)
+    decision = RetryPolicy(max_attempts=5, patience=0.0).decide(TransientError(status=500, retry_after=1.0), attempt=5)
     assert decision == Decision(FAIL, code="transient")
 
 
 def test_transient_error_respects_a_custom_max_attempts() -> None:
-    policy = RetryPolicy(max_attempts=2)
+    policy = RetryPolicy(max_attempts=2, patience=0.0)
     assert policy.decide(TransientError(), attempt=1, rng=random.Random(0)).job == RETRY
     assert policy.decide(TransientError(), attempt=2, rng=random.Random(0)).job == FAIL
 

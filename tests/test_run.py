@@ -77,7 +77,7 @@ def test_a_permanent_outage_fails_jobs_after_max_attempts(cli: Cli, sim: Running
     sim.config.fail_rate = 1.0
     submit_jobs(cli, tmp_path, 5)
 
-    result = cli("run", "--no-progress", "--max-attempts", "3", *FAST_RETRY, env=provider_env(sim, make_keys(1)))
+    result = cli("run", "--no-progress", "--max-attempts", "3", *FAST_RETRY, "--transient-patience", "0", env=provider_env(sim, make_keys(1)))
 
     assert result.returncode == 1, result.stderr
     assert sim.state.snapshot()["by_status"] == {"503": 15}
