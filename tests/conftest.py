@@ -164,3 +164,17 @@ def any_db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'store.db'}"
     return str(request.getfixturevalue("pg_url"))
+
+
+@pytest.fixture
+def start_llmock(tmp_path: Path) -> Iterator[Callable[..., Any]]:
+    """Starts `llmock serve ARGS` (a third-party chaos provider) as a subprocess: `start_llmock("--rpm", "60")`
+    returns a `llmock_server.LLMock` once it answers; every one started is stopped after the test.
+
+    Not named `llmock`: that is the in-process fixture of llmock's own pytest plugin."""
+    from contextlib import ExitStack
+
+    from llmock_server import llmock_serving
+
+    with ExitStack() as stack:
+        yield lambda *args: stack.enter_context(llmock_serving(*args, log_dir=tmp_path))
