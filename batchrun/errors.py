@@ -104,6 +104,9 @@ class TransientError(ProviderError):
     """The provider failed for a reason that may pass; the job will be retried."""
 
     code = "transient"
+    #: an outage-like failure that speaks of the provider's state: it fails a job only once it has also
+    #: gone on for --transient-patience, not after --max-attempts alone
+    outlasts_attempts = True
 
 
 class NoCapacity(TransientError):
@@ -140,6 +143,7 @@ class Unverified(TransientError):
     """A 200 without `request_id`, refused because --require-request-id is set."""
 
     code = "unverified"
+    outlasts_attempts = False  # a provider that leaves it out does so every time: --max-attempts alone
 
 
 class RateLimited(TransientError):

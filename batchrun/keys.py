@@ -102,19 +102,29 @@ def read_keys_file(path: str) -> list[ApiKey]:
     return parse_keys(text, path)
 
 
+#: Time the provider may see between two of our requests beyond what we spaced them by: the task that
+#: sends a request starts a little after its slot, the network and the server's own queue add jitter.
+#: It is absolute, not a share of the window: a 30 ms hiccup is as likely on a 1 s window as on a 1 m one.
+JITTER_SLACK = 0.03
+#: The pacer runs this much faster than the limit, so a late wake-up is made up at the next slot
+#: instead of being lost; the `RequestWindow` behind it is what holds the limit.
+PACE_HEADROOM = 1.1
+
+
 class TokenWindow:
     """An exact sliding window over token amounts: no window of `period` seconds holds more than
     `count` tokens. Reservations are estimates, settled later with the response's `usage`.
 
     (A leaky bucket would allow a full burst on top of a full drain rate: up to twice the limit
-    inside one window.)
+    inside one window.) Like `RequestWindow`, the window is `slack` longer than the provider's, so
+    that jitter between our send and its arrival cannot put one window's tokens into another.
     """
 
     __slots__ = ("_limit", "_period", "_entries", "_used")
 
-    def __init__(self, rate: Rate) -> None:
+    def __init__(self, rate: Rate, slack: float = JITTER_SLACK) -> None:
         self._limit = rate.count
-        self._period = rate.period
+        self._period = rate.period + slack
         self._entries: list[list[float]] = []   # [time, amount], oldest first
         self._used = 0.0
 
@@ -145,15 +155,6 @@ class TokenWindow:
         if entry in self._entries:
             self._used += actual - entry[1]
         entry[1] = actual
-
-
-#: Time the provider may see between two of our requests beyond what we spaced them by: the task that
-#: sends a request starts a little after its slot, the network and the server's own queue add jitter.
-#: It is absolute, not a share of the window: a 30 ms hiccup is as likely on a 1 s window as on a 1 m one.
-JITTER_SLACK = 0.03
-#: The pacer runs this much faster than the limit, so a late wake-up is made up at the next slot
-#: instead of being lost; the `RequestWindow` behind it is what holds the limit.
-PACE_HEADROOM = 1.1
 
 
 class RequestWindow:

@@ -73,9 +73,11 @@ class RetryPolicy:
     backoff: Backoff = Backoff()
     patience: float = 600.0
 
-    def gives_up(self, attempt: int, failing_for: float) -> bool:
+    def gives_up(self, error: TransientError, attempt: int, failing_for: float) -> bool:
         """After transient failure number `attempt`, the first of them `failing_for` seconds ago."""
-        return attempt >= self.max_attempts and failing_for >= self.patience
+        if attempt < self.max_attempts:
+            return False
+        return failing_for >= self.patience or not error.outlasts_attempts
 
     def decide(self, error: ProviderError, attempt: int, rng: random.Random | None = None,
                key_strikes: int = 1, failing_for: float = 0.0) -> Decision:
@@ -92,11 +94,11 @@ class RetryPolicy:
             cooldown = (0.0 if not cool else error.retry_after if error.retry_after is not None
                         else self.backoff.delay(key_strikes - KEY_STRIKES + 1, rng))
             action = "cool" if cool else None
-            if self.gives_up(attempt, failing_for):
+            if self.gives_up(error, attempt, failing_for):
                 return Decision(FAIL, code=error.code, key_action=action, key_cooldown=cooldown)
             return Decision(RETRY, delay=delay, key_action=action, key_cooldown=cooldown)
         if isinstance(error, TransientError):
-            if self.gives_up(attempt, failing_for):
+            if self.gives_up(error, attempt, failing_for):
                 return Decision(FAIL, code=error.code)
             delay = error.retry_after if error.retry_after is not None else self.backoff.delay(attempt, rng)
             return Decision(RETRY, delay=delay)

@@ -237,3 +237,21 @@ def test_a_long_retry_after_does_not_change_what_the_rate_settles_at() -> None:
     controller = RateController(20.0, period=1.0)
     trace = drive(controller, Provider(limit=20.0, noise=0.05), 120.0)
     assert controller.effective == 20.0 and trace.changes == []
+
+
+def test_429s_saying_the_window_is_spent_are_a_limit_whatever_their_share() -> None:
+    """Three 429s with `x-ratelimit-remaining-*: 0` in a round: the provider names the cause, so the
+    rate goes down to what it admitted though the share (10 %) is below the 15 % threshold."""
+    controller = RateController(30.0)
+    change = None
+    for i in range(30):
+        limited = i % 10 == 9
+        change = controller.answered(i / 30, i / 30 + 0.5, limited, exhausted=limited) or change
+    assert change is not None and change.rate is not None
+    assert change.rate == pytest.approx(29 / 1.0 * 0.9, rel=0.01)
+
+
+def test_random_429s_without_the_header_are_not_taken_for_a_limit_below_the_threshold() -> None:
+    controller = RateController(30.0)
+    for i in range(300):
+        assert controller.answered(i / 30, i / 30 + 0.5, limited=i % 10 == 9) is None

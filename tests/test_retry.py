@@ -20,6 +20,7 @@ from batchrun.errors import (
     ProviderError,
     RateLimited,
     TransientError,
+    Unverified,
     ValidationFailed,
 )
 from batchrun.retry import FAIL, KEY_STRIKES, REQUEUE, RETRY, Backoff, Decision, RetryPolicy
@@ -249,3 +250,10 @@ def test_an_unclassified_provider_error_fails_rather_than_looping() -> None:
 def test_a_vanished_model_requeues_the_job_and_asks_for_a_catalogue_refresh() -> None:
     decision = RetryPolicy(max_attempts=5).decide(ModelNotFound("model not found (404)", status=404), attempt=3)
     assert decision == Decision(REQUEUE, refresh_catalog=True)
+
+
+def test_an_unverified_200_fails_after_max_attempts_whatever_the_patience() -> None:
+    """A provider that leaves out request_id does so every time: waiting 10 minutes buys nothing."""
+    policy = RetryPolicy(max_attempts=2, patience=600.0)
+    assert policy.decide(Unverified(status=200), attempt=1).job == RETRY
+    assert policy.decide(Unverified(status=200), attempt=2).job == FAIL
