@@ -268,7 +268,8 @@ class RateController:
         if before is None:
             return None
         target = self._target if self._target is not None else before
-        raised = min(target, before * (1 + self._probe_step))
+        # after failed probes, smaller steps: each one that fails costs fewer 429s
+        raised = min(target, before * (1 + max(0.01, self._probe_step / self._hold)))
         self._baseline = stats
         self._before_probe = before
         self._phase = "probing"
@@ -289,7 +290,12 @@ class RateController:
             return None
         extra_sent = stats.sent_rate - baseline.sent_rate
         gained = stats.admitted - baseline.admitted
-        if extra_sent > 0.01 * baseline.sent_rate and gained < 0.5 * extra_sent * (1 - self._noise):
+        # Over a sliding window, sending a little too fast wastes slots (a refused request leaves a gap),
+        # so a probe past the limit admits no more, or less; and its 429s rise above the noise.
+        more_429s = stats.limited >= 3 and stats.share > baseline.share + 0.02
+        probed = self.effective if self.effective is not None else stats.sent_rate
+        kept_up = stats.sent_rate >= 0.97 * probed  # else the key had too few jobs to tell anything
+        if kept_up and (more_429s or gained < 0.5 * max(0.0, extra_sent) * (1 - self._noise)):
             # The extra requests were turned away: the limit is where we were. Go back, wait longer.
             before = self.effective
             back = self._before_probe if self._before_probe is not None else baseline.sent_rate

@@ -118,6 +118,8 @@ class SimulatorConfig:
     forbidden: dict[str, set[str]] = field(default_factory=dict)  # key id -> model ids it may not use
     unknown_model_status: int = 404  # 404 (Pinaivu) or 400 (PrivateMind)
     omit_request_id: bool = False
+    # False: no x-ratelimit-* headers (providers that send none); the limits still hold, with 429s
+    rate_headers: bool = True
     # False: the catalogue leaves out context length, parameters, capabilities and prices (as some real
     # providers do) while the models still enforce them, so clients meet the provider's own 400s
     publish_metadata: bool = True
@@ -338,7 +340,7 @@ class _Handlers:
             except _Dropped:
                 return self._drop(request, key)
             requests, tokens = self.config.rate_limit, self.config.token_limit
-            if key is not None and (requests is not None or tokens is not None):
+            if key is not None and self.config.rate_headers and (requests is not None or tokens is not None):
                 response.headers.update(self.state.rate_headers(key, requests, tokens))
             self.state.record_status(key, response.status)
             log.info("completion key=%s status=%s", key or "-", response.status)

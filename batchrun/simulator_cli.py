@@ -109,6 +109,8 @@ def _option(flag: str, **kwargs: Any) -> Callable[[FC], FC]:
     help="Status for an unknown model: 404 (Pinaivu) or 400 (PrivateMind).",
 )
 @_option("--omit-request-id", is_flag=True, help="Leave request_id out of successful responses.")
+@_option("--no-rate-headers", is_flag=True,
+         help="Send no x-ratelimit-* headers (the limits still hold): a client must learn them from 429s.")
 @_option("--seed", type=int, help="Seed the random faults and jitter, to replay a run.")
 @_option("--require-key-format", is_flag=True, help="Answer keys that are not id:secret with 401.")
 def simulate_command(
@@ -128,6 +130,7 @@ def simulate_command(
     org_budget: int | None,
     unknown_model_status: str,
     omit_request_id: bool,
+    no_rate_headers: bool,
     seed: int | None,
     require_key_format: bool,
 ) -> None:
@@ -163,6 +166,7 @@ def simulate_command(
         org_budget=org_budget,
         unknown_model_status=int(unknown_model_status),
         omit_request_id=omit_request_id,
+        rate_headers=not no_rate_headers,
         seed=seed,
         require_key_format=require_key_format,
     )

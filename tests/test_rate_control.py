@@ -141,3 +141,24 @@ def test_an_outage_longer_than_a_jobs_attempts_does_not_fail_it(cli: Cli, sim: R
     assert process.returncode == 0, stderr
     assert_every_job_answered(exported(cli, tmp_path), prompts)
     assert "gave up" not in stderr
+
+
+def test_a_lowered_rate_really_slows_the_key(cli: Cli, sim: RunningSimulator, tmp_path: Path) -> None:
+    # The key is told 20/1s; the provider allows 5/1s and sends no x-ratelimit headers, so only the
+    # 429s can tell. Sending on at 20/s, three answers in four would be 429s; once the rate is lowered
+    # to what the provider admits, the key sends at about 5/s.
+    sim.config.rate_limit = Rate(5, 1.0)
+    sim.config.rate_headers = False
+    jobs = 60
+    prompts = submit_jobs(cli, tmp_path, jobs)
+
+    result = cli("run", "--no-progress", "--rate-limit", "20/1s", "--max-attempts", "30", *FAST_RETRY,
+                 env=provider_env(sim, make_keys(1)))
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert_every_job_answered(exported(cli, tmp_path), prompts)
+    assert "key rate lowered from 20/s to" in result.stderr, result.stderr
+    stats = sim.state.snapshot()
+    assert stats["by_status"]["200"] == jobs, stats
+    assert stats["by_status"]["429"] <= 0.4 * stats["requests_total"], stats
+    assert keys_json(cli)["key1"]["rate_limit"]["adapted"] is not None
