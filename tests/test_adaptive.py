@@ -231,14 +231,6 @@ def test_a_key_without_a_configured_rate_learns_one_and_climbs_back_to_no_limit(
     assert trace.changes[-1].endswith("(no limit)")
 
 
-def test_a_long_retry_after_does_not_change_what_the_rate_settles_at() -> None:
-    """`Retry-After` is the request's business (the job waits it out), not the rate's: the controller
-    sees only which answers were 429, so a 30 s Retry-After on random 429s leaves the rate alone."""
-    controller = RateController(20.0, period=1.0)
-    trace = drive(controller, Provider(limit=20.0, noise=0.05), 120.0)
-    assert controller.effective == 20.0 and trace.changes == []
-
-
 def test_429s_saying_the_window_is_spent_are_a_limit_whatever_their_share() -> None:
     """Three 429s with `x-ratelimit-remaining-*: 0` in a round: the provider names the cause, so the
     rate goes down to what it admitted though the share (10 %) is below the 15 % threshold."""
