@@ -43,6 +43,7 @@ from batchrun.errors import (
     TransientError,
 )
 from batchrun.keys import KeyLane
+from batchrun.keyshare import KeySharing
 from batchrun.units import format_clock as _clock
 from batchrun.prechecks import Prepared, Refused, prepare
 from batchrun.provider import Completion, ProviderClient, RateHint
@@ -57,8 +58,6 @@ T = TypeVar("T")
 
 #: however many requests meet a vanished model at once, the catalogue is fetched at most this often
 CATALOG_REFRESH_INTERVAL = 5.0
-#: how often a runner checks that the keys are fairly shared with the other live runners
-KEY_BALANCE_INTERVAL = 1.0
 #: the opening summary prechecks every queued job when there are at most this many (a few seconds)
 OPENING_PRECHECK_LIMIT = 20_000
 
@@ -74,6 +73,8 @@ class Runner:
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.stats = RunStats()
         self._db = ThreadPoolExecutor(max_workers=1, thread_name_prefix="batchrun-db")
+        #: this runner's key leases: shared with the other runners, handed over within each key's window
+        self._keys = KeySharing(store, self._call, lanes, self.owner, options)
         self._batch_id: int | None = None
         self._jobs: asyncio.Queue[ClaimedJob] = asyncio.Queue()
         self._outcomes: asyncio.Queue[Outcome] = asyncio.Queue()
@@ -95,7 +96,6 @@ class Runner:
         self._last_refresh = float("-inf")
         self.cap = SpendCap(options.max_cost, options.max_tokens)
         self._grace_timer: asyncio.TimerHandle | None = None
-        self._keys_changed = asyncio.Event()
         #: a moving average of request latency: how long in-flight requests need to drain
         self._latency = 0.0
 
@@ -145,11 +145,7 @@ class Runner:
         finally:
             if self._grace_timer is not None:
                 self._grace_timer.cancel()
-            try:
-                await self._call(self._store.release_keys, self.owner, None,
-                                 max((lane.window for lane in self.lanes), default=1.0))
-            except BatchrunError as exc:
-                log.warning("could not release the key leases (they expire by themselves): %s", exc)
+            await self._keys.release_all()
             self._db.shutdown(wait=True)
 
     # --- phases ---
@@ -181,56 +177,12 @@ class Runner:
         if self._options.deadline is not None and self._options.deadline <= time.time():
             self.request_stop(f"the deadline {_clock(self._options.deadline)} has passed; nothing was started")
             return
-        if not await self._lease_keys() and any(lane.usable for lane in self.lanes):
-            if not await self._wait_for_keys():
+        if not await self._keys.lease_keys() and any(lane.usable for lane in self.lanes):
+            if not await self._keys.wait_for_keys(self._batch_id, self._stop, self.request_stop):
                 return
         await self._check_provider()
         if self.catalog and not self._stop.is_set():
             await self._opening_summary()
-
-    async def _lease_keys(self) -> bool:
-        """Take the leases of the usable keys no other live runner holds; True if this runner holds any."""
-        wanted = [lane.key.id for lane in self.lanes if lane.usable]
-        held = set(await self._call(self._store.acquire_keys, self.owner, wanted, self._options.lease))
-        changed = False
-        for lane in self.lanes:
-            now_held = lane.key.id in held
-            if now_held and not lane.held:
-                log.info("key %s is now leased to this runner", lane.key.id)
-                changed = True
-            lane.held = now_held
-        if changed:
-            self._keys_changed.set()
-        return bool(held)
-
-    async def _wait_for_keys(self) -> bool:
-        """Every usable key is leased to another live runner. Wait until one is free (or there is
-        nothing left to do, or the run is stopped). False if this run should not go on."""
-        wanted = [lane.key.id for lane in self.lanes if lane.usable]
-        holders = await self._call(self._store.key_holders, wanted)
-        names = sorted({f"{r.host} pid {r.pid} (running since {_clock(r.started_at)})" for r in holders.values()})
-        message = (f"every usable key ({', '.join(wanted)}) is held by another runner: {'; '.join(names) or 'unknown'}"
-                   " — one key serves one runner at a time so its rate limit holds")
-        if not self._options.wait_for_keys:
-            self.request_stop(f"{message}; --no-wait: not waiting")
-            return False
-        log.warning("%s; waiting for a key to be free", message)
-        interval = min(KEY_BALANCE_INTERVAL, self._options.lease / 3)
-        deadline = self._options.deadline
-        while not self._stop.is_set():
-            if deadline is not None and time.time() >= deadline:
-                self.request_stop(f"deadline {_clock(deadline)} reached while waiting for a key")
-                return False
-            await self._wait(self._stop, interval if deadline is None else
-                             max(0.0, min(interval, deadline - time.time())), clear=False)
-            await self._call(self._store.heartbeat, self.owner)  # alive: the others make room for it
-            pending = await self._call(self._store.pending, self._batch_id)
-            if pending.empty:
-                log.warning("the other runner(s) finished the work; nothing left for this run")
-                return False
-            if await self._lease_keys():
-                return True
-        return False
 
     async def _check_provider(self) -> None:
         """One cheap request before any job: a wrong base URL or a dead host stops the run here,
@@ -321,7 +273,7 @@ class Runner:
         heartbeat = asyncio.create_task(self._heartbeat_loop(), name="heartbeat")
         deadline = (asyncio.create_task(self._deadline_loop(self._options.deadline), name="deadline")
                     if self._options.deadline is not None else None)
-        balance = asyncio.create_task(self._balance_loop(), name="balance")
+        balance = asyncio.create_task(self._keys.balance_loop(), name="balance")
         lanes = [asyncio.create_task(self._lane_loop(lane), name=f"lane-{lane.key.id}") for lane in self.lanes]
         stopped = asyncio.create_task(self._stop.wait(), name="stop")
         try:
@@ -399,8 +351,8 @@ class Runner:
 
     async def _lane_loop(self, lane: KeyLane) -> None:
         while lane.usable and not self._stop.is_set():
-            if not lane.held:
-                await self._wait(self._keys_changed, 1.0)  # another runner holds this key for now
+            if not self._keys.may_send(lane):
+                await self._wait(self._keys.changed, 1.0)  # another runner holds this key for now
                 continue
             await lane.wait_until_warm()
             job = await self._jobs.get()
@@ -432,7 +384,7 @@ class Runner:
                 self._slots.release()
                 self._jobs.put_nowait(job)
                 raise
-            if (not lane.usable or not lane.held or lane.cooling or model in lane.forbidden_models
+            if (not lane.usable or not self._keys.may_send(lane) or lane.cooling or model in lane.forbidden_models
                     or self._stop.is_set()):
                 # A 429, 401 or 403 arrived while this lane waited for its limiter, or the run is stopping.
                 self._slots.release()
@@ -446,6 +398,7 @@ class Runner:
             task = asyncio.create_task(self._attempt(lane, job, prepared, reservation,
                                                       spend if isinstance(spend, Reservation) else None))
             self._in_flight.add(task)
+            self._keys.track(lane, task)
             task.add_done_callback(self._request_done)
 
     def _request_done(self, task: asyncio.Task[None]) -> None:
@@ -470,8 +423,7 @@ class Runner:
     async def _attempt(self, lane: KeyLane, job: ClaimedJob, prepared: Prepared,
                        reservation: list[float] | None, spend: Reservation | None = None) -> None:
         attempt = job.attempts + 1
-        sent_at = time.monotonic()
-        lane.sent()
+        sent_at = lane.sent()
         self.stats.requests += 1
         outcome: Outcome | None = None
         try:
@@ -501,7 +453,7 @@ class Runner:
 
     def _on_success(self, lane: KeyLane, job: ClaimedJob, prepared: Prepared, attempt: int,
                     completion: Completion, reservation: list[float] | None, sent_at: float) -> Succeeded:
-        self._note_key_change(lane, lane.on_success())
+        self._note_key_change(lane, lane.on_answer(sent_at, succeeded=True))
         self._obey_hint(lane, completion.rate_hint)
         self._note_breaker(False, sent_at)
         lane.settle_tokens(reservation, completion.total_tokens or _estimate_tokens(job))
@@ -526,11 +478,20 @@ class Runner:
     async def _on_error(self, lane: KeyLane, job: ClaimedJob, prepared: Prepared, attempt: int,
                         error: ProviderError, sent_at: float) -> Outcome | None:
         if isinstance(error, RateLimited):
-            self._note_key_change(lane, lane.on_rate_limited())
+            self.stats.rate_limited += 1
+            exhausted = error.rate_hint is not None and error.rate_hint.exhausted_for is not None
+            self._note_key_change(lane, lane.on_rate_limited(sent_at, exhausted))
+        elif error.status is not None:  # an answer: it passed the provider's rate limiter
+            self._note_key_change(lane, lane.on_answer(sent_at, succeeded=False))
         self._obey_hint(lane, error.rate_hint)
         # A 429 is the key's business (its rate adapts), not a sign the provider is down.
         self._note_breaker(isinstance(error, TransientError) and not isinstance(error, RateLimited), sent_at)
-        decision = self._options.policy.decide(error, attempt, self._rng, key_strikes=lane.consecutive_429)
+        transient_since = job.transient_since
+        if isinstance(error, TransientError) and transient_since is None:
+            transient_since = time.time()
+        failing_for = time.time() - transient_since if transient_since is not None else 0.0
+        decision = self._options.policy.decide(error, attempt, self._rng, key_strikes=lane.consecutive_429,
+                                               failing_for=failing_for)
         log.debug("job %s attempt %d on key %s: %s -> %s", job.custom_id, attempt, lane.key.id, error, decision.job)
         lane.errors += 1
         await self._act_on_key(lane, prepared.model_sent, error, decision)
@@ -549,15 +510,17 @@ class Runner:
         if decision.job == FAIL:
             message = str(error)
             if isinstance(error, TransientError):
-                message = f"{error} — gave up after {attempt} attempt(s) (--max-attempts)"
+                message = (f"{error} — gave up after {attempt} attempt(s) over {failing_for:.0f} s "
+                           "(--max-attempts, --transient-patience)")
             return self._failed(job, attempt, lane.key.id, error.status, response, decision.code or error.code,
                                 message, prepared)
         if decision.job == RETRY:
             self.stats.retried += 1
             return Retry(job.id, attempt, time.time() + decision.delay, lane.key.id, error.status, response,
-                         error.code, str(error))
+                         error.code, str(error), transient_since)
         assert decision.job == REQUEUE
-        return Retry(job.id, job.attempts, time.time(), lane.key.id, error.status, response, error.code, str(error))
+        return Retry(job.id, job.attempts, time.time(), lane.key.id, error.status, response, error.code, str(error),
+                     job.transient_since)
 
     def _failed(self, job: ClaimedJob, attempts: int, key_id: str | None, status: int | None,
                 response: str | None, code: str, message: str, prepared: Prepared | None = None) -> Failed:
@@ -598,9 +561,9 @@ class Runner:
 
     async def _act_on_key(self, lane: KeyLane, model: str, error: ProviderError, decision: Decision) -> None:
         if decision.key_action == "cool":
-            self.stats.rate_limited += 1
             lane.cool_down(decision.key_cooldown)
-            log.info("key %s rate limited; cooling down for %.1f s", lane.key.id, decision.key_cooldown)
+            log.info("key %s: %d 429s in a row; cooling down for %.1f s", lane.key.id, lane.consecutive_429,
+                     decision.key_cooldown)
         elif decision.key_action == "retire" and lane.usable:
             await self._retire(lane, error)
         elif decision.key_action == "forbid":
@@ -674,30 +637,8 @@ class Runner:
         interval = self._options.lease / 3
         while True:
             await asyncio.sleep(interval)
-            await self._call(self._store.extend_leases, self.owner, self._options.lease)
+            await self._keys.heartbeat()
             await self._call(self._store.requeue_expired)
-
-    async def _balance_loop(self) -> None:
-        """Share the keys with the other live runners: hold at most ceil(keys / runners), so a runner
-        that started later (cron fired again, another machine) gets keys; take free ones when under."""
-        while True:
-            await asyncio.sleep(KEY_BALANCE_INTERVAL)
-            usable = [lane for lane in self.lanes if lane.usable]
-            if not usable:
-                continue
-            live = await self._call(self._store.live_runners, self._options.lease)
-            share = max(1, -(-len(usable) // max(1, len(live))))
-            held = [lane for lane in usable if lane.held]
-            if len(held) > share:
-                extra = held[share:]
-                for lane in extra:
-                    lane.held = False
-                await self._call(self._store.release_keys, self.owner, [lane.key.id for lane in extra],
-                                 max(lane.window for lane in extra))
-                log.info("handed key(s) %s over to the %d other runner(s)", ", ".join(l.key.id for l in extra),
-                         len(live) - 1)
-            elif len(held) < share:
-                await self._lease_keys()
 
     async def _deadline_loop(self, deadline: float) -> None:
         """Stop claiming early enough that the requests in flight finish by the deadline."""

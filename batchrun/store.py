@@ -20,7 +20,7 @@ import os
 import socket
 import sqlite3
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from itertools import chain
@@ -37,6 +37,7 @@ from sqlalchemy import (
     event,
     func,
     insert,
+    or_,
     select,
     text,
     update,
@@ -67,9 +68,9 @@ from batchrun.view import Query, QueueView
 
 __all__ = [
     "CANCELLED",
-    "DEAD_KEY_HANDOVER",
     "FAILED",
     "JOB_STATES",
+    "LEGACY_KEY_WINDOW",
     "QUEUED",
     "RUNNING",
     "SUCCEEDED",
@@ -95,8 +96,8 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = "queued", "running", "succeeded", "failed", "cancelled"
-#: seconds a dead runner's keys stay out of use, so its last requests leave the provider's window
-DEAD_KEY_HANDOVER = 2.0
+#: the window assumed for a key whose row has none (leased by a batchrun from before migration 0004)
+LEGACY_KEY_WINDOW = 60.0
 JOB_STATES = (QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED)
 
 
@@ -378,7 +379,7 @@ class Store:
             .where(jobs.c.id.in_(due.scalar_subquery()))
             .values(state=RUNNING, lease_owner=owner, lease_expires=now + lease_seconds)
             .returning(jobs.c.id, jobs.c.batch_id, jobs.c.custom_id, jobs.c.body, jobs.c.model,
-                       jobs.c.prompt_chars, jobs.c.max_tokens, jobs.c.attempts)
+                       jobs.c.prompt_chars, jobs.c.max_tokens, jobs.c.attempts, jobs.c.transient_since)
         )
         with self._write() as conn:
             claimed = [ClaimedJob(*row) for row in conn.execute(stmt)]
@@ -417,7 +418,7 @@ class Store:
                     "b_id": outcome.job_id, "attempts": outcome.attempts, "not_before": outcome.not_before,
                     "key_id": outcome.key_id, "status_code": outcome.status_code,
                     "response": outcome.response, "error_code": outcome.error_code,
-                    "error_message": outcome.error_message,
+                    "error_message": outcome.error_message, "transient_since": outcome.transient_since,
                 })
         held = and_(jobs.c.id == bindparam("b_id"), jobs.c.state == RUNNING, jobs.c.lease_owner == owner)
         landed = 0
@@ -467,14 +468,19 @@ class Store:
                 update(jobs).where(jobs.c.lease_owner == owner, jobs.c.state == RUNNING)
                 .values(state=QUEUED, lease_owner=None, lease_expires=None)).rowcount)
 
-    def extend_leases(self, owner: str, lease_seconds: float, now: float | None = None) -> None:
+    def extend_leases(self, owner: str, lease_seconds: float, now: float | None = None) -> list[str]:
+        """The heartbeat: renew this owner's job and key leases for `lease_seconds` from `now`.
+        Returns the ids of the keys it still holds (a lease given up, or taken over after it ran out,
+        is not renewed): the runner must not send on any other."""
         now = time.time() if now is None else now
         with self._write() as conn:
             conn.execute(update(jobs).where(jobs.c.lease_owner == owner, jobs.c.state == RUNNING)
                          .values(lease_expires=now + lease_seconds))
-            conn.execute(update(api_keys).where(api_keys.c.lease_owner == owner)
-                         .values(lease_expires=now + lease_seconds))
+            # An own lease that ran out unnoticed is renewed too: nobody else has taken it meanwhile.
+            keys = conn.execute(update(api_keys).where(api_keys.c.lease_owner == owner, api_keys.c.free_at.is_(None))
+                                .values(lease_expires=now + lease_seconds).returning(api_keys.c.id)).scalars().all()
             conn.execute(update(runners).where(runners.c.owner == owner).values(heartbeat_at=now))
+        return sorted(keys)
 
     def requeue_expired(self, now: float | None = None) -> int:
         """Put jobs whose lease ran out (their runner died) back in the queue."""
@@ -514,12 +520,14 @@ class Store:
             conn.execute(update(runners).where(runners.c.owner == owner)
                          .values(ended_at=now, exit_code=exit_code, outcome=outcome, heartbeat_at=now))
 
-    def release_dead_runners(self, is_alive: Callable[[int], bool]) -> list[str]:
+    def release_dead_runners(self, is_alive: Callable[[int], bool], now: float | None = None) -> list[str]:
         """Requeue the jobs of runners on this host whose process is gone (killed, crashed).
 
         Their leases would expire anyway; this lets a run started right after a crash carry on at
-        once instead of waiting out the lease.
+        once instead of waiting out the lease. Their keys are free one window of each key after now:
+        the last requests a dead runner sent still count at the provider until then.
         """
+        now = time.time() if now is None else now
         host = socket.gethostname()
         with self._write() as conn:
             rows = conn.execute(select(runners.c.owner, runners.c.pid)
@@ -528,11 +536,10 @@ class Store:
             for owner in dead:
                 conn.execute(update(jobs).where(jobs.c.lease_owner == owner, jobs.c.state == RUNNING)
                              .values(state=QUEUED, lease_owner=None, lease_expires=None))
-                # its last requests may still count against the keys' windows: a short hand-over gap
-                conn.execute(update(api_keys).where(api_keys.c.lease_owner == owner)
-                             .values(lease_expires=time.time() + DEAD_KEY_HANDOVER))
+                conn.execute(update(api_keys).where(api_keys.c.lease_owner == owner, api_keys.c.free_at.is_(None))
+                             .values(lease_expires=now, free_at=now + _key_window()))
                 conn.execute(update(runners).where(runners.c.owner == owner)
-                             .values(ended_at=time.time(), outcome="died (process gone)"))
+                             .values(ended_at=now, outcome="died (process gone)"))
         return dead
 
     def last_runner(self, ended: bool = False) -> RunnerRecord | None:
@@ -564,37 +571,47 @@ class Store:
                 "rate_configured": rate_configured, "rate_adapted": rate_adapted,
             }, {"state": "active", "reason": None, "since": now})
 
-    def acquire_keys(self, owner: str, key_ids: Sequence[str], lease_seconds: float,
+    def acquire_keys(self, owner: str, windows: Mapping[str, float], lease_seconds: float,
                      now: float | None = None) -> list[str]:
-        """Lease these keys to `owner` where no live runner holds them; returns the ids it now holds.
+        """Lease these keys (id -> the key's window in seconds) to `owner` where that is safe; returns
+        the ids it now holds, each until `now + lease_seconds`.
 
-        One runner per key at a time keeps each key's rate limit true across runners; a lease that
-        is not renewed (its runner died) expires and the key passes to another runner.
+        One runner per key at a time keeps each key's rate limit true across runners. A key is taken
+        from another runner only once that runner's last request with it has left the provider's
+        window: from `free_at` when it gave the lease up, from `lease_expires` + the key's window when
+        the lease ran out unreleased (its runner died or hangs; a runner never sends past its lease).
+        The owner's own keys it may take back at once: it keeps its own send times.
         """
         now = time.time() if now is None else now
+        key = api_keys.c
+        takeable = or_(
+            key.lease_owner == owner,
+            and_(key.free_at.is_not(None), key.free_at <= now),
+            and_(key.free_at.is_(None), or_(key.lease_owner.is_(None), key.lease_expires.is_(None),
+                                            key.lease_expires + _key_window() <= now)),
+        )
+        held: list[str] = []
         with self._write() as conn:
-            known = set(conn.execute(select(api_keys.c.id).where(api_keys.c.id.in_(list(key_ids)))).scalars())
-            for key_id in key_ids:
+            known = set(conn.execute(select(key.id).where(key.id.in_(list(windows)))).scalars())
+            for key_id in windows:
                 if key_id not in known:
                     _upsert_key(conn, key_id, {"since": now}, {"state": "active", "reason": None})
-            free = (api_keys.c.lease_owner.is_(None) | (api_keys.c.lease_owner == owner)
-                    | (api_keys.c.lease_expires < now))
-            rows = conn.execute(update(api_keys).where(api_keys.c.id.in_(list(key_ids)), free)
-                                .values(lease_owner=owner, lease_expires=now + lease_seconds)
-                                .returning(api_keys.c.id)).all()
-        return sorted(row[0] for row in rows)
+            for key_id, window in windows.items():
+                held.extend(conn.execute(
+                    update(api_keys).where(key.id == key_id, takeable)
+                    .values(lease_owner=owner, lease_expires=now + lease_seconds, free_at=None,
+                            window_seconds=window).returning(key.id)).scalars())
+        return sorted(held)
 
-    def release_keys(self, owner: str, key_ids: Sequence[str] | None = None, hold_for: float = 0.0,
-                     now: float | None = None) -> None:
-        """Give up this owner's key leases (all, or these). The lease runs on for `hold_for` seconds:
-        another runner may take the key only once the requests this one just sent have left the
-        provider's rate window."""
+    def release_keys(self, owner: str, free_at: Mapping[str, float], now: float | None = None) -> None:
+        """Give up this owner's leases of these keys (id -> when another runner may take it: the
+        owner's last answer on the key plus its window). Keys it no longer holds are left alone."""
         now = time.time() if now is None else now
-        where = [api_keys.c.lease_owner == owner]
-        if key_ids is not None:
-            where.append(api_keys.c.id.in_(list(key_ids)))
         with self._write() as conn:
-            conn.execute(update(api_keys).where(*where).values(lease_expires=now + hold_for))
+            for key_id, free in free_at.items():
+                conn.execute(update(api_keys).where(api_keys.c.id == key_id, api_keys.c.lease_owner == owner,
+                                                    api_keys.c.free_at.is_(None))
+                             .values(lease_expires=now, free_at=free))
 
     def live_runners(self, stale_after: float, now: float | None = None) -> list[RunnerRecord]:
         """Runners that have not ended and whose heartbeat is fresher than `stale_after` seconds."""
@@ -613,7 +630,8 @@ class Store:
                 select(api_keys.c.id, runners.c.owner, runners.c.host, runners.c.pid, runners.c.started_at,
                        runners.c.heartbeat_at, runners.c.ended_at, runners.c.exit_code, runners.c.outcome)
                 .join(runners, runners.c.owner == api_keys.c.lease_owner)
-                .where(api_keys.c.id.in_(list(key_ids)), api_keys.c.lease_expires >= now)).all()
+                .where(api_keys.c.id.in_(list(key_ids)), api_keys.c.free_at.is_(None),
+                       api_keys.c.lease_expires >= now)).all()
         return {row[0]: RunnerRecord(*row[1:]) for row in rows}
 
     def reset_key(self, key_id: str, now: float | None = None) -> bool:
@@ -734,6 +752,11 @@ class Store:
             query = query.where(jobs.c.batch_id == batch_id)
         with self._read() as conn:
             return {model: int(count) for model, count in conn.execute(query)}
+
+
+def _key_window() -> Any:
+    """A key's stored window in SQL (for a row from before migration 0004: `LEGACY_KEY_WINDOW`)."""
+    return func.coalesce(api_keys.c.window_seconds, LEGACY_KEY_WINDOW)
 
 
 def _upsert_key(conn: Connection, key_id: str, changes: dict[str, Any], fresh: dict[str, Any]) -> None:
