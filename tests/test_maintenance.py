@@ -36,7 +36,8 @@ def test_retry_of_one_code_resends_only_those_jobs_with_fresh_attempts(
     write_jobs(tmp_path / "busy.jsonl", 4, prefix="busy")
     submit(cli, tmp_path / "busy.jsonl", "nightly")
     sim.config.fail_rate = 1.0
-    outage = cli("run", "--no-progress", "--max-attempts", "2", *FAST_RETRY, env=provider_env(sim, keys))
+    outage = cli("run", "--no-progress", "--max-attempts", "2", "--transient-patience", "0", *FAST_RETRY,
+                 env=provider_env(sim, keys))
     assert outage.returncode == 1, outage.stdout + outage.stderr
     # 2. The outage is over; two invalid jobs fail at once with the provider's own 422 and 400.
     sim.config.fail_rate = 0.0

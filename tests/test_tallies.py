@@ -126,7 +126,8 @@ def test_runs_retry_cancel_and_a_lost_lease_keep_the_tallies_equal_to_a_full_sca
 
     # 1. A flaky provider: successes, retries, no_capacity after two attempts, and invalid jobs.
     sim.config.fail_rate = 0.5
-    first = cli("run", "--no-progress", "--max-attempts", "2", "--fallback", "fast", *FAST_RETRY, env=env)
+    first = cli("run", "--no-progress", "--max-attempts", "2", "--transient-patience", "0", "--fallback", "fast",
+                *FAST_RETRY, env=env)
     assert first.returncode == 1, first.stdout + first.stderr
     with Store.open(any_db_url) as store:
         (after_run,) = assert_tallies_match_a_full_scan(store)
