@@ -55,18 +55,32 @@ CATALOG_TIMEOUT = aiohttp.ClientTimeout(total=20, connect=5)
 
 @dataclass(frozen=True, slots=True)
 class RateHint:
-    """What a provider's `x-ratelimit-remaining-*` / `x-ratelimit-reset-*` headers say about a key."""
+    """What a provider's `x-ratelimit-remaining-*` / `x-ratelimit-reset-*` / `x-ratelimit-limit-*`
+    headers say about a key."""
 
     remaining_requests: int | None = None
     reset_requests: float | None = None
     remaining_tokens: int | None = None
     reset_tokens: float | None = None
+    limit_requests: int | None = None
+    limit_tokens: int | None = None
 
     @property
     def exhausted_for(self) -> float | None:
-        """Seconds until the key may send again when a window is used up, else None."""
-        waits = [reset for remaining, reset in ((self.remaining_requests, self.reset_requests),
-                                                (self.remaining_tokens, self.reset_tokens))
+        """Seconds until the key may send again when a window is used up, else None.
+
+        Providers mean two things by the reset: a sliding window's time until its oldest request
+        leaves (a slot frees then), or a bucket's time until it is *full* again (OpenAI: "resets to its
+        initial state"; llmock), while a bucket gives a slot back every reset / limit. Waiting a
+        bucket's whole reset idles a 27-per-minute key for a minute when it could send again in 2 s,
+        so the wait is at most two slots' worth at the stated limit (at least 1 s, where a sliding
+        window's reset usually lies): a sliding window that is still full answers 429s that say so,
+        and those lower the key's rate to what it admits (`adaptive.py`).
+        """
+        windows = ((self.remaining_requests, self.reset_requests, self.limit_requests),
+                   (self.remaining_tokens, self.reset_tokens, self.limit_tokens))
+        waits = [reset if not limit or limit <= 0 else min(reset, max(1.0, 2 * reset / limit))
+                 for remaining, reset, limit in windows
                  if remaining is not None and remaining <= 0 and reset is not None and reset > 0]
         return max(waits) if waits else None
 
@@ -312,7 +326,9 @@ def rate_hint(headers: Any) -> RateHint | None:
         return _reset_seconds(value) if value else None
 
     hint = RateHint(_int_text(headers.get("x-ratelimit-remaining-requests")), reset("requests"),
-                    _int_text(headers.get("x-ratelimit-remaining-tokens")), reset("tokens"))
+                    _int_text(headers.get("x-ratelimit-remaining-tokens")), reset("tokens"),
+                    _int_text(headers.get("x-ratelimit-limit-requests")),
+                    _int_text(headers.get("x-ratelimit-limit-tokens")))
     return None if hint == RateHint() else hint
 
 

@@ -411,3 +411,19 @@ def test_rate_hint_reads_remaining_and_reset_headers() -> None:
     assert rate_hint(CIMultiDict({"x-ratelimit-remaining-requests": "3"})).exhausted_for is None  # type: ignore[union-attr]
     assert rate_hint(NO_HEADERS) is None
     assert rate_hint(CIMultiDict({"x-ratelimit-remaining-requests": "lots"})) is None
+
+
+@pytest.mark.parametrize(("limit", "reset", "wait"), [
+    (None, 60.0, 60.0),   # no stated limit: the reset, as given
+    (10, 0.8, 0.8),       # a sliding window's reset within a second: honoured
+    (27, 60.0, 2 * 60.0 / 27),  # a bucket full again in 60 s gives a slot back every 2.2 s: two slots
+    (600, 60.0, 1.0),     # at least 1 s
+])
+def test_a_spent_window_waits_its_reset_but_no_longer_than_two_slots_at_the_stated_limit(
+        limit: int | None, reset: float, wait: float) -> None:
+    headers = CIMultiDict({"x-ratelimit-remaining-requests": "0", "x-ratelimit-reset-requests": f"{reset}s"})
+    if limit is not None:
+        headers["x-ratelimit-limit-requests"] = str(limit)
+    hint = rate_hint(headers)
+    assert hint is not None and hint.limit_requests == limit
+    assert hint.exhausted_for == pytest.approx(wait)
