@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Self
 
 import orjson
 
@@ -155,32 +155,69 @@ def cpu_seconds(pid: int) -> float:
 
 # --- the simulator ------------------------------------------------------------------------------
 
-class Simulator:
+class PinnedServer:
+    """A provider (the simulator, llmock) running on the simulator's core, its output in a log file."""
+
+    def __init__(self, cmd: Sequence[str], log_prefix: str) -> None:
+        self.cmd = list(cmd)
+        self._log = tempfile.NamedTemporaryFile(prefix=log_prefix, suffix=".log")
+        self.popen = subprocess.Popen([TASKSET, "-c", SIM_CPU, *self.cmd], stdout=self._log,
+                                      stderr=subprocess.STDOUT, env=batchrun_env(), cwd=tempfile.gettempdir())
+
+    def log(self) -> str:
+        return Path(self._log.name).read_text(errors="replace")
+
+    def cpu_seconds(self) -> float:
+        return cpu_seconds(self.popen.pid)
+
+    def close(self) -> None:
+        if self.popen.poll() is None:
+            self.popen.terminate()
+            try:
+                self.popen.wait(10)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait()
+        self._log.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class Simulator(PinnedServer):
     """`batchrun simulate` on its own core, with its counters one HTTP call away."""
 
     def __init__(self, *flags: str) -> None:
         self.flags = list(flags)
-        self.cmd = [BATCHRUN, "simulate", "--port", "0", *self.flags]
-        self._log = tempfile.NamedTemporaryFile(prefix="bench-sim-", suffix=".log")
-        self.popen = subprocess.Popen([TASKSET, "-c", SIM_CPU, *self.cmd], stdout=self._log,
-                                      stderr=subprocess.STDOUT, env=batchrun_env(), cwd=tempfile.gettempdir())
+        super().__init__([BATCHRUN, "simulate", "--port", "0", *self.flags], "bench-sim-")
         deadline = time.monotonic() + 20
-        while not (found := re.search(r"listening on (http://\S+)", Path(self._log.name).read_text())):
+        while not (found := re.search(r"listening on (http://\S+)", self.log())):
             if self.popen.poll() is not None or time.monotonic() > deadline:
+                log = self.log()
                 self.close()
-                raise RuntimeError(f"the simulator did not start: {Path(self._log.name).read_text()}")
+                raise RuntimeError(f"the simulator did not start: {log}")
             time.sleep(0.05)
         self.base_url = found.group(1)
         host, port = self.base_url.split("//")[1].split("/")[0].split(":")
         self._host, self._port = host, int(port)
         self._conn: http.client.HTTPConnection | None = None
+        self._lock = threading.Lock()  # one connection, used by a poller thread and the benchmark alike
 
-    def _call(self, method: str, path: str) -> Any:
+    def _call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+        with self._lock:
+            return self._exchange(method, path, body)
+
+    def _exchange(self, method: str, path: str, body: dict[str, Any] | None) -> Any:
+        payload = None if body is None else json.dumps(body).encode()
+        headers = {} if body is None else {"Content-Type": "application/json"}
         for attempt in (1, 2):
             try:
                 if self._conn is None:
                     self._conn = http.client.HTTPConnection(self._host, self._port, timeout=10)
-                self._conn.request(method, path)
+                self._conn.request(method, path, payload, headers)
                 return json.loads(self._conn.getresponse().read())
             except (OSError, http.client.HTTPException):
                 self._conn = None
@@ -199,24 +236,11 @@ class Simulator:
     def reset(self) -> None:
         self._call("POST", "/_sim/reset")
 
-    def cpu_seconds(self) -> float:
-        return cpu_seconds(self.popen.pid)
-
-    def close(self) -> None:
-        if self.popen.poll() is None:
-            self.popen.terminate()
-            try:
-                self.popen.wait(10)
-            except subprocess.TimeoutExpired:
-                self.popen.kill()
-                self.popen.wait()
-        self._log.close()
-
-    def __enter__(self) -> Simulator:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def configure(self, **changes: Any) -> None:
+        """Change the running simulator's settings (`POST /_sim/config`), e.g. `configure(fail_rate=1.0)`."""
+        answer = self._call("POST", "/_sim/config", changes)
+        if isinstance(answer, dict) and "error" in answer:
+            raise RuntimeError(f"the simulator refused {changes}: {answer}")
 
 
 class Watch:
@@ -464,3 +488,208 @@ def alternate(reps: int, *runs: Callable[[], None]) -> None:
 
 def met(value: float, bound: float, at_least: bool = True) -> bool:
     return value >= bound if at_least else value <= bound
+
+
+# --- runs against a faulty provider (issue 12) --------------------------------------------------
+
+class Progress:
+    """Samples the simulator's served and requested counts in a thread while a program runs against it.
+
+    From the samples: how many completions had been served at any moment, so a rate can be measured
+    at the provider over part of a run (say, after the first 10 s, once the rate controller has learnt).
+    """
+
+    def __init__(self, sim: Simulator, interval: float = 0.05) -> None:
+        self._sim = sim
+        self._interval = interval
+        self._stop = threading.Event()
+        self.samples: list[tuple[float, int, int]] = []  # (perf_counter, completions_ok, requests_total)
+        self.errors = 0
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+        self._thread.start()
+
+    def _sample(self) -> None:
+        stats = self._sim.stats()
+        self.samples.append((time.perf_counter(), int(stats["completions_ok"]), int(stats["requests_total"])))
+
+    def _poll(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self._sample()
+            except (OSError, http.client.HTTPException, ValueError):
+                self.errors += 1  # one lost sample; the next one carries on
+            self._stop.wait(self._interval)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._sample()
+
+    @property
+    def stopped(self) -> bool:
+        return self._stop.is_set()
+
+    @property
+    def served(self) -> int:
+        """Completions served at the latest sample."""
+        return self.samples[-1][1] if self.samples else 0
+
+    @property
+    def first_request(self) -> float | None:
+        return next((t for t, _, total in self.samples if total > 0), None)
+
+    def served_at(self, moment: float) -> int:
+        """Completions served by `moment` (the last sample taken at or before it)."""
+        return max((ok for t, ok, _ in self.samples if t <= moment), default=0)
+
+    def rate_after(self, skip: float) -> float | None:
+        """Completions per second from `skip` s after the first request to the last completion."""
+        start = self.first_request
+        if start is None:
+            return None
+        final = self.samples[-1][1]
+        end = next(t for t, ok, _ in self.samples if ok == final)
+        if end <= start + skip:
+            return None
+        return (final - self.served_at(start + skip)) / (end - start - skip)
+
+
+def prompts(path: Path) -> dict[str, str]:
+    """custom_id -> the last user message of each job of a bench job file."""
+    found = {}
+    for line in path.read_bytes().splitlines():
+        job = orjson.loads(line)
+        body = job.get("body", job)
+        found[job["custom_id"]] = next(m["content"] for m in reversed(body["messages"]) if m["role"] == "user")
+    return found
+
+
+def echoes(prompt: str, answer: str, finish_reason: str | None) -> bool:
+    """Whether `answer` is the simulator's echo of `prompt` (cut short only if it says so: `length`)."""
+    expected = "echo: " + prompt
+    if answer == expected:
+        return True
+    return finish_reason == "length" and len(answer) > len("echo: ") and expected.startswith(answer)
+
+
+@dataclass
+class Exported:
+    """What `batchrun export` gave back, checked against the jobs: every custom_id once, each answer right."""
+
+    results: int
+    missing: int
+    repeated: int
+    wrong: int  # a result whose answer is not the one its job asked for (a false success)
+    failed: int  # lines in the errors file: jobs that failed permanently
+
+    @property
+    def complete(self) -> bool:
+        return not (self.missing or self.repeated or self.wrong or self.failed)
+
+
+def check_export(env: dict[str, str], expected: dict[str, str], work: Path,
+                 answers: Callable[[str, str, str | None], bool] = echoes) -> Exported:
+    """`batchrun export --output … --errors …` and the check of its lines against `expected` prompts."""
+    out, errors = work / "results.jsonl", work / "errors.jsonl"
+    run([BATCHRUN, "export", "--output", str(out), "--errors", str(errors)], env).check()
+    seen: dict[str, int] = {}
+    wrong = 0
+    lines = out.read_bytes().splitlines() if out.exists() else []
+    for line in lines:
+        result = orjson.loads(line)
+        custom_id = result.get("custom_id")
+        seen[custom_id] = seen.get(custom_id, 0) + 1
+        try:
+            choice = result["response"]["body"]["choices"][0]
+            ok = (result["response"]["status_code"] == 200 and custom_id in expected
+                  and answers(expected[custom_id], choice["message"]["content"], choice.get("finish_reason")))
+        except (KeyError, IndexError, TypeError):
+            ok = False
+        wrong += not ok
+    failed = len(errors.read_bytes().splitlines()) if errors.exists() else 0
+    return Exported(len(lines), sum(1 for cid in expected if cid not in seen),
+                    sum(n - 1 for n in seen.values() if n > 1), wrong, failed)
+
+
+def share(cpu: float, wall: float) -> str:
+    """CPU seconds over wall seconds as a share of one core: `4 %`."""
+    return f"{cpu / wall:.0%}" if wall > 0 else "?"
+
+
+def burners(count: int = 2) -> list[subprocess.Popen[bytes]]:
+    """`count` CPU burners (`python -c 'while True: pass'`, nice 0), one pinned to each core in turn."""
+    cores = [RUNNER_CPU, SIM_CPU]
+    return [subprocess.Popen([TASKSET, "-c", cores[i % len(cores)], PYTHON, "-c", "while True: pass"])
+            for i in range(count)]
+
+
+def stop_all(procs: Sequence[subprocess.Popen[bytes]]) -> None:
+    """Kill the given processes (by their own pid) and reap them."""
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+    for proc in procs:
+        proc.wait()
+
+
+@dataclass
+class Observed:
+    """One run (of one or several processes) against the simulator, whatever its outcome."""
+
+    procs: list[Proc]
+    wall: float  # from the first spawn to the last exit
+    stats: dict[str, Any]
+    progress: Progress
+    sim_cpu: float
+
+    @property
+    def exit_codes(self) -> list[int]:
+        return [proc.returncode for proc in self.procs]
+
+    @property
+    def succeeded(self) -> int:
+        return int(self.stats["completions_ok"])
+
+    def status(self, code: int) -> int:
+        return int(self.stats["by_status"].get(str(code), 0))
+
+    @property
+    def largest_window(self) -> int:
+        return max(self.stats["max_window"].values(), default=0)
+
+
+def observe(sim: Simulator, cmds: Sequence[Sequence[str]], env: dict[str, str], stagger: float = 0.0,
+            during: Callable[[Progress], None] | None = None, timeout: float = DEFAULT_TIMEOUT) -> Observed:
+    """Run `cmds` against a freshly reset simulator, `stagger` s apart, pinned to the client core.
+
+    `during`, if given, runs in a thread beside them with the live `Progress` (to inject an outage,
+    say); it must return once `progress.stopped` (the programs have exited), and is joined before the
+    counters are read. Nothing is checked here: the caller judges.
+    """
+    sim.reset()
+    progress = Progress(sim)
+    sim_cpu = sim.cpu_seconds()
+    helper = threading.Thread(target=during, args=(progress,), daemon=True) if during else None
+    if helper:
+        helper.start()
+    begun = time.perf_counter()
+    started = []
+    for i, cmd in enumerate(cmds):
+        if i and stagger:
+            time.sleep(stagger)
+        started.append(Started(cmd, env, timeout=timeout))
+    procs = [s.wait() for s in started]
+    wall = time.perf_counter() - begun
+    progress.stop()
+    if helper:
+        helper.join()
+    sim_cpu = sim.cpu_seconds() - sim_cpu
+    return Observed(procs, wall, sim.stats(), progress, sim_cpu)
+
+
+def log_note(procs: Sequence[Proc], pattern: str, what: str) -> list[str]:
+    """A note quoting the first of the programs' log lines that match `pattern` (and how many there were)."""
+    found = [line.strip() for proc in procs for line in proc.stderr.splitlines() if re.search(pattern, line)]
+    if not found:
+        return []
+    return [f"{what}: {len(found)} log line(s) in {len(procs)} process(es); the first: `{found[0][:240]}`"]
