@@ -175,7 +175,7 @@ class RateController:
         if not self._round_over(now):
             return None
         stats = self._close_round(now)
-        return self._decide(stats, now)
+        return self._decide(stats)
 
     # --- rounds ---
 
@@ -211,7 +211,7 @@ class RateController:
     def _is_limit(self, stats: RoundStats) -> bool:
         return stats.share >= self._limit_threshold(stats.answers) or stats.exhausted >= EXHAUSTED_EVIDENCE
 
-    def _decide(self, stats: RoundStats, now: float) -> Change | None:
+    def _decide(self, stats: RoundStats) -> Change | None:
         if self._phase == "verifying":
             return self._verify(stats)
         if self._is_limit(stats):

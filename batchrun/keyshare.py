@@ -33,6 +33,7 @@ from batchrun.keys import KeyLane
 from batchrun.runstate import RunOptions
 from batchrun.store import Store
 from batchrun.units import format_clock
+from batchrun.waits import wait_for_event
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -202,7 +203,8 @@ class KeySharing:
             if deadline is not None and time.time() >= deadline:
                 request_stop(f"deadline {format_clock(deadline)} reached while waiting for a key")
                 return False
-            await _unless_set(stop, interval if deadline is None else max(0.0, min(interval, deadline - time.time())))
+            timeout = interval if deadline is None else max(0.0, min(interval, deadline - time.time()))
+            await wait_for_event(stop, timeout, clear=False)
             await self._call(self._store.heartbeat, self.owner)  # alive: the others make room for it
             pending = await self._call(self._store.pending, batch_id)
             if pending.empty:
@@ -258,7 +260,7 @@ class KeySharing:
             drain_until = time.monotonic() + self._drain_limit
             while any(state.in_flight for state in states) and (left := drain_until - time.monotonic()) > 0:
                 self._drained.clear()
-                await _unless_set(self._drained, min(left, 1.0))
+                await wait_for_event(self._drained, min(left, 1.0), clear=False)
             await self._call(self._store.release_keys, self.owner, self._free_times(lane.key.id for lane in lanes))
             for state in states:
                 state.valid_until = float("-inf")
@@ -282,15 +284,3 @@ class KeySharing:
         windows = {lane.key.id: lane.window for lane in self.lanes}
         return {key_id: free_at(self.states[key_id].last_answer, self.states[key_id].in_flight, windows[key_id], now)
                 for key_id in key_ids}
-
-
-async def _unless_set(event: asyncio.Event, timeout: float) -> None:
-    """Sleep `timeout` seconds, or less if `event` is set (it is left as it is).
-
-    (`asyncio.wait`, not `wait_for`: see `Runner._wait` — a cancellation always gets through.)
-    """
-    waiter = asyncio.ensure_future(event.wait())
-    try:
-        await asyncio.wait({waiter}, timeout=timeout)
-    finally:
-        waiter.cancel()

@@ -51,6 +51,7 @@ from batchrun.records import ClaimedJob, Failed, Outcome, Retry, Succeeded
 from batchrun.retry import FAIL, REQUEUE, RETRY, Decision
 from batchrun.runstate import RunOptions, RunReport, RunStats
 from batchrun.store import Store
+from batchrun.waits import wait_for_event
 
 log = logging.getLogger(__name__)
 summary_log = logging.getLogger("batchrun.progress")
@@ -655,21 +656,7 @@ class Runner:
     async def _call(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._db, fn, *args)
 
-    @staticmethod
-    async def _wait(event: asyncio.Event, timeout: float, clear: bool = True) -> None:
-        """Wait for `event` or `timeout`, then clear it (unless `clear` is False: the stop flag).
-
-        Not `asyncio.wait_for`: on Python 3.11 it can swallow a cancellation that races with the event
-        being set, and a loop cancelled at shutdown would then go on forever (seen as a run that did
-        not exit after SIGTERM). `asyncio.wait` always lets the cancellation through.
-        """
-        waiter = asyncio.ensure_future(event.wait())
-        try:
-            await asyncio.wait({waiter}, timeout=timeout)
-        finally:
-            waiter.cancel()
-        if clear:
-            event.clear()
+    _wait = staticmethod(wait_for_event)
 
 
 def _estimate_tokens(job: ClaimedJob) -> int:
