@@ -17,7 +17,7 @@ import pytest
 from conftest import FAST_RETRY, Cli, make_keys, provider_env, read_jsonl, submit_jobs
 
 from batchrun.simulator import RunningSimulator
-from batchrun.simulator_catalog import default_models
+from batchrun.simulator.catalog import default_models
 from batchrun.units import Rate
 
 
@@ -44,7 +44,7 @@ def write_lines(path: Path, lines: list[dict[str, Any]]) -> None:
 
 
 def tokens(text: str) -> int:
-    """The simulator bills four characters a token, rounded up (simulator_catalog.CHARS_PER_TOKEN)."""
+    """The simulator bills four ASCII characters a token, rounded up (batchrun.tokens)."""
     return math.ceil(len(text) / 4)
 
 

@@ -20,7 +20,7 @@ from click.testing import CliRunner
 from test_simulator import KEY, OTHER_KEY, ROOT, chat, error_code, post, simulator
 
 from batchrun.simulator import RunningSimulator, SlidingWindow
-from batchrun.simulator_cli import simulate_command
+from batchrun.simulator.cli import simulate_command
 from batchrun.units import Rate
 
 
@@ -167,7 +167,7 @@ async def test_rate_limit_raised_and_lowered_mid_run_takes_effect() -> None:
 
 
 def test_cli_serves_token_limit_and_random_429s() -> None:
-    code = "from batchrun.simulator_cli import simulate_command; simulate_command()"
+    code = "from batchrun.simulator.cli import simulate_command; simulate_command()"
     args = ["--port", "0", "--token-limit", "1000/1m", "--rate-limited-rate", "1", "--rate-limited-retry-after", "250ms"]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     with subprocess.Popen([sys.executable, "-c", code, *args], stdout=subprocess.PIPE, text=True, env=env) as process:

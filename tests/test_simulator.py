@@ -36,8 +36,8 @@ from batchrun.simulator import (
     running_simulator,
     validate_body,
 )
-from batchrun.simulator_catalog import check_request, compose_reply
-from batchrun.simulator_cli import simulate_command
+from batchrun.simulator.chat import check_request, compose_reply
+from batchrun.simulator.cli import simulate_command
 from batchrun.units import Rate
 
 KEY = "team-a:s3cret"
@@ -575,7 +575,7 @@ def test_simulator_thread_reports_a_port_in_use() -> None:
 
 @pytest.fixture
 def cli_process() -> Iterator[subprocess.Popen[str]]:
-    code = "from batchrun.simulator_cli import simulate_command; simulate_command()"
+    code = "from batchrun.simulator.cli import simulate_command; simulate_command()"
     args = ["--port", "0", "--revoked", "team-b", "--budget", "team-c=0", "--unknown-model-status", "400",
             "--rate-limit", "100/1s", "--seed", "3"]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}

@@ -8,7 +8,6 @@ updates the counters from its event loop while a test may read them from another
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import threading
 import time
@@ -16,6 +15,8 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+
+import orjson
 
 from batchrun.units import Rate
 
@@ -134,7 +135,8 @@ class SimulatorState:
 
     The server mutates them from its event loop while a test may read them from another thread
     (`SimulatorThread`), so every change and `snapshot()` hold one `threading.Lock`; the handlers
-    never await while holding it. `requests_total` and `by_status` count chat completions only;
+    never await while holding it. `requests_total` and `by_status` count the requests of every
+    `POST /v1/...` endpoint; `by_endpoint` splits them by endpoint (requests and successes);
     catalogue requests are `models_requests`.
     """
 
@@ -155,14 +157,15 @@ class SimulatorState:
             self.random_429s = 0
             self.duplicates = 0
             self.models_requests = 0
+            self.by_endpoint: dict[str, dict[str, int]] = {}
             self.resets = 0
             self.in_flight = 0
             self.max_in_flight = 0
-            self._served: set[str] = set()
+            self._served: set[bytes] = set()
 
     @property
     def prompts_served(self) -> int:
-        """Distinct `messages` lists answered successfully."""
+        """Distinct pieces of work (a chat's `messages`, an embedding's `input`, ...) answered successfully."""
         return len(self._served)
 
     @property
@@ -190,6 +193,7 @@ class SimulatorState:
                 "duplicates": self.duplicates,
                 "prompts_served": len(self._served),
                 "models_requests": self.models_requests,
+                "by_endpoint": {name: dict(counts) for name, counts in sorted(self.by_endpoint.items())},
                 "resets": self.resets,
                 "in_flight": self.in_flight,
                 "max_in_flight": self.max_in_flight,
@@ -206,6 +210,11 @@ class SimulatorState:
     def end_completion(self) -> None:
         with self._lock:
             self.in_flight -= 1
+
+    def count_endpoint_request(self, endpoint: str) -> None:
+        """Count a request to `endpoint` (an `Endpoint.name`: chat, embeddings, ...)."""
+        with self._lock:
+            self.by_endpoint.setdefault(endpoint, {"requests": 0, "ok": 0})["requests"] += 1
 
     def count_key_request(self, key: str) -> int:
         """Count a completion request from `key`; returns that key's total so far."""
@@ -235,7 +244,7 @@ class SimulatorState:
                 stats.by_status[status] = stats.by_status.get(status, 0) + 1
 
     def successes(self, key: str) -> tuple[int, int]:
-        """(successful completions in total, successful completions of `key`): what budgets spend."""
+        """(successful answers in total, successful answers of `key`): what budgets spend."""
         with self._lock:
             stats = self.keys.get(key)
             return self.completions_ok, stats.ok if stats else 0
@@ -265,17 +274,18 @@ class SimulatorState:
                     headers[f"x-ratelimit-reset-{name}"] = _format_seconds(window.reset_in(now, rate))
         return headers
 
-    def record_success(self, key: str, messages: Any) -> int:
-        """Count a successful completion; returns its sequence number for the completion id.
+    def record_success(self, key: str, served: Any, endpoint: str = "chat") -> int:
+        """Count a successful answer; returns its sequence number for the answer's id.
 
-        A success whose `messages` were already answered is a duplicate: the client redid work.
+        `served` is what identifies the work (a chat's `messages`, an embedding's `input`); a success
+        whose work was already answered on the same endpoint is a duplicate: the client redid work.
         """
-        fingerprint = hashlib.sha256(
-            json.dumps(messages, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
-        ).hexdigest()
+        work = served if endpoint == "chat" else [endpoint, served]
+        fingerprint = hashlib.sha256(orjson.dumps(work, option=orjson.OPT_SORT_KEYS)).digest()
         with self._lock:
             self.completions_ok += 1
             self.keys.setdefault(key, KeyStats()).ok += 1
+            self.by_endpoint.setdefault(endpoint, {"requests": 0, "ok": 0})["ok"] += 1
             if fingerprint in self._served:
                 self.duplicates += 1
             else:
