@@ -23,9 +23,10 @@ import orjson
 
 from batchrun import __version__, logsetup
 from batchrun.configfile import resolve_db
+from batchrun.endpoints import DEFAULT, ENDPOINTS
 from batchrun.errors import BatchrunError, ConfigError
 from batchrun.exitcodes import EXIT_MEANINGS
-from batchrun.simulator_cli import simulate_command
+from batchrun.simulator.cli import simulate_command
 from batchrun.units import format_clock
 
 if TYPE_CHECKING:
@@ -135,16 +136,22 @@ def cli(ctx: click.Context, verbose: int) -> None:
 @click.option("--strict", is_flag=True, help="Any bad or conflicting line rejects the whole file.")
 @click.option("--estimate", "show_estimate", is_flag=True,
               help="Then print what the batch would cost (see `batchrun estimate`); sends no completion.")
+@click.option("--endpoint", "bare_endpoint", type=click.Choice(list(ENDPOINTS)), default=DEFAULT.url,
+              show_default=True,
+              help="Where lines in bare form (a request body alone) go; a batch-form line's own `url` "
+                   "always wins, so one file may mix endpoints.")
 @click.option("--workers", type=click.IntRange(min=1), envvar="BATCHRUN_SUBMIT_WORKERS", show_envvar=True,
               help="Processes that parse and insert a big file side by side (1: this process only). "
                    "[default: the usable cores, at most 4]")
 @db_options
-def submit(file: str, batch: str | None, strict: bool, show_estimate: bool, workers: int | None, db: str | None,
-           config_path: str | None) -> None:
+def submit(file: str, batch: str | None, strict: bool, show_estimate: bool, bare_endpoint: str,
+           workers: int | None, db: str | None, config_path: str | None) -> None:
     """Load a JSONL job file (FILE, or - for stdin) into the queue.
 
-    Each line is an OpenAI Batch input line or a bare chat-completion body. Bad lines are reported as
-    FILE:LINE: reason and skipped; good lines load. Resubmitting a file is idempotent.
+    Each line is an OpenAI Batch input line (its `url` picks the endpoint: chat completions,
+    embeddings, completions, responses, moderations) or a bare request body (chat completions unless
+    --endpoint says otherwise). Bad lines are reported as FILE:LINE: FIELD: reason and skipped; good
+    lines load. Resubmitting a file is idempotent.
 
     \b
     Exit codes: 0 everything loaded or already there; 1 some lines rejected or in
@@ -153,11 +160,13 @@ def submit(file: str, batch: str | None, strict: bool, show_estimate: bool, work
     \b
       batchrun submit jobs/example.jsonl
       cat jobs.jsonl | batchrun submit - --batch nightly --strict
+      batchrun submit corpus.jsonl --endpoint /v1/embeddings
     """
     from batchrun.loader import submit_file
 
     store = _open_store(db, config_path)
-    report = submit_file(store, file, batch, strict, lambda line: click.echo(line, err=True), workers=workers)
+    report = submit_file(store, file, batch, strict, lambda line: click.echo(line, err=True), workers=workers,
+                         bare=ENDPOINTS[bare_endpoint])
     if report.strict_rejected:
         click.echo(f"batch {report.batch}: rejected: {report.rejected} bad line(s), {report.conflicts} "
                    "conflict(s); --strict: nothing loaded")
@@ -333,6 +342,13 @@ def status(batch: str | None, as_json: bool, db: str | None, config_path: str | 
             "usage": {"prompt_tokens": c.prompt_tokens, "completion_tokens": c.completion_tokens,
                       "total_tokens": c.total_tokens},
             "cost": c.cost if c.priced else None, "unpriced": c.succeeded - c.priced,
+            "endpoints": {e.endpoint: {
+                "total": e.total, "queued": e.queued, "running": e.running, "succeeded": e.succeeded,
+                "failed": e.failed, "cancelled": e.cancelled,
+                "usage": {"prompt_tokens": e.prompt_tokens, "completion_tokens": e.completion_tokens,
+                          "total_tokens": e.total_tokens},
+                "cost": e.cost,
+            } for e in c.endpoints},
         } for c in counts],
         "usage": {"by_key": [_usage_json(u) for u in by_key], "by_model": [_usage_json(u) for u in by_model]},
         "keys": [_key_json(k) for k in keys.values()],
@@ -358,6 +374,11 @@ def status(batch: str | None, as_json: bool, db: str | None, config_path: str | 
     for c in counts:
         click.echo(f"{c.name:<24} {c.total:>8} {c.queued:>8} {c.running:>8} {c.succeeded:>10} {c.failed:>8} "
                    f"{c.retries:>8} {c.total_tokens:>10} {_cost_text(c.cost if c.priced else None):>10}")
+        if len(c.endpoints) > 1 or any(e.endpoint != DEFAULT.url for e in c.endpoints):
+            for e in c.endpoints:
+                click.echo(f"  {e.endpoint}: {e.total} jobs, {e.queued} queued, {e.running} running, "
+                           f"{e.succeeded} succeeded, {e.failed} failed; {e.total_tokens} tokens, "
+                           f"cost {_cost_text(e.cost)}")
         for code, n in sorted(c.failed_by_code.items()):
             click.echo(f"  failed {code}: {n}")
         if c.cancelled:

@@ -22,7 +22,8 @@
         ├── KeyModelForbidden          403: this key may not use this model; another key may
         ├── JobInvalid                 the job itself is wrong; fail it now, attempted once
         │   ├── BadRequest             400
-        │   └── ValidationFailed       422 (the provider's `detail` is the message)
+        │   ├── ValidationFailed       422 (the provider's `detail` is the message)
+        │   └── EndpointNotServed      404 for an endpoint other than chat: this provider lacks it
         ├── ModelNotFound              404 / 400 for a model the provider does not (or no longer) serve
         └── EndpointNotFound           404 for the endpoint itself: wrong base URL (exit 5)
 
@@ -206,6 +207,13 @@ class ValidationFailed(JobInvalid):
     """The request body failed the provider's validation (422)."""
 
     code = "validation_error"
+
+
+class EndpointNotServed(JobInvalid):
+    """The provider does not serve this endpoint (404 for it, while its catalogue answers): the jobs
+    that go to it fail, the others run on."""
+
+    code = "endpoint_not_served"
 
 
 class ModelNotFound(ProviderError):

@@ -2,9 +2,11 @@
 
 Every job goes through `prechecks.prepare`, exactly as the run would send it, so the estimate and the
 run agree on which model serves a job, which jobs fall back and which fail before a request. Tokens
-are estimated the way the run reserves them: prompt characters / 4 (rounded up), and the job's
-`max_tokens` as the completion — an upper bound, since a model may stop sooner. A job without
-`max_tokens` has no bound; it is counted as `assumed_completion` tokens and the table says so.
+are estimated the way the run reserves them (`Endpoint.budget`): the job's input tokens as written at
+submit (`batchrun.tokens`), and its output cap as the completion — an upper bound, since a model may
+stop sooner. A job without a cap, at an endpoint that answers at length, has no bound; it is counted
+as `assumed_completion` tokens and the table says so. Embeddings and moderations have no completion.
+Rows are per endpoint and model.
 
 Costs use the catalogue's prices of the model that serves the request (an alias is priced as its
 target). A model without prices is "unknown", never 0: a total that silently left it out would
@@ -18,12 +20,11 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from batchrun.catalog import Catalog
-from batchrun.prechecks import CHARS_PER_TOKEN, Fallbacks, Refused, prepare
+from batchrun.endpoints import ENDPOINTS
+from batchrun.prechecks import Fallbacks, Refused, prepare
+from batchrun.tokens import DEFAULT_ASSUMED_COMPLETION
 
 __all__ = ["DEFAULT_ASSUMED_COMPLETION", "Estimate", "JobView", "ModelEstimate", "estimate", "estimate_lines"]
-
-#: completion tokens counted for a job that sets no max_tokens
-DEFAULT_ASSUMED_COMPLETION = 256
 
 
 class JobView(Protocol):
@@ -37,16 +38,20 @@ class JobView(Protocol):
     def body(self) -> str: ...
 
     @property
-    def prompt_chars(self) -> int: ...
+    def input_tokens(self) -> int: ...
 
     @property
     def max_tokens(self) -> int | None: ...
 
+    @property
+    def endpoint(self) -> str: ...
+
 
 @dataclass(frozen=True, slots=True)
 class ModelEstimate:
-    """The requests that would be sent naming one model."""
+    """The requests to one endpoint that would be sent naming one model."""
 
+    endpoint: str  # the endpoint's short name (chat, embeddings, ...)
     model: str  # the model sent, after fallback; an alias stays an alias
     served_by: str | None  # what the catalogue says serves it (fast -> sim-small); None if unknown
     requests: int
@@ -60,7 +65,7 @@ class ModelEstimate:
 class Estimate:
     """A whole batch: what would be sent, per model, and what would fail before a request."""
 
-    models: tuple[ModelEstimate, ...]  # sorted by model
+    models: tuple[ModelEstimate, ...]  # sorted by endpoint, then model
     refused: Mapping[str, int]  # refusal code -> jobs
     fallbacks: int  # jobs that would be sent to a fallback model
     total_cost: float | None  # the sum of the known costs; None when no model is priced
@@ -88,15 +93,20 @@ def estimate(
     gone: AbstractSet[str] = frozenset(),
 ) -> Estimate:
     """Estimate `jobs` against `catalog`, with the run's fallbacks and drop_unsupported setting."""
-    # model sent -> [requests, prompt chars rounded to tokens, completion tokens, assumed]
-    totals: dict[str, list[int]] = {}
+    # (endpoint, model sent) -> [requests, prompt tokens, completion tokens, assumed]
+    totals: dict[tuple[str, str], list[int]] = {}
     refused: dict[str, int] = {}
     examples: dict[str, str] = {}
     fell_back = 0
     for job in jobs:
         max_tokens = job.max_tokens
-        outcome = prepare(job.model, job.body, job.prompt_chars, max_tokens, catalog, fallbacks,
-                          drop_unsupported, gone)
+        endpoint = ENDPOINTS.get(job.endpoint)
+        if endpoint is None:
+            refused["unknown_endpoint"] = refused.get("unknown_endpoint", 0) + 1
+            examples.setdefault("unknown_endpoint", f"this batchrun does not send {job.endpoint}")
+            continue
+        outcome = prepare(job.model, job.body, job.input_tokens, max_tokens, catalog, fallbacks,
+                          drop_unsupported, gone, endpoint)
         if isinstance(outcome, Refused):
             code = outcome.code
             refused[code] = refused.get(code, 0) + 1
@@ -105,29 +115,29 @@ def estimate(
             continue
         if outcome.fallback_reason is not None:
             fell_back += 1
-        row = totals.get(outcome.model_sent)
+        key = (endpoint.name, outcome.model_sent)
+        row = totals.get(key)
         if row is None:
-            row = totals[outcome.model_sent] = [0, 0, 0, 0]
+            row = totals[key] = [0, 0, 0, 0]
+        prompt, completion = endpoint.budget(job.input_tokens, max_tokens, assumed_completion)
         row[0] += 1
-        row[1] += -(-job.prompt_chars // CHARS_PER_TOKEN)
-        if max_tokens is None:
-            row[2] += assumed_completion
+        row[1] += prompt
+        row[2] += completion
+        if max_tokens is None and endpoint.answers_at_length and endpoint.default_output_cap is None:
             row[3] += 1
-        else:
-            row[2] += max_tokens
 
     models: list[ModelEstimate] = []
     total_cost: float | None = None
     unpriced = 0
-    for model in sorted(totals):
-        requests, prompt_tokens, completion_tokens, assumed = totals[model]
+    for endpoint_name, model in sorted(totals):
+        requests, prompt_tokens, completion_tokens, assumed = totals[endpoint_name, model]
         info = catalog.resolve(model)
         cost = info.cost(prompt_tokens, completion_tokens) if info is not None else None
         if cost is None:
             unpriced += requests
         else:
             total_cost = cost if total_cost is None else total_cost + cost
-        models.append(ModelEstimate(model, info.id if info is not None else None, requests, prompt_tokens,
+        models.append(ModelEstimate(endpoint_name, model, info.id if info is not None else None, requests, prompt_tokens,
                                     completion_tokens, assumed, cost))
     return Estimate(tuple(models), dict(sorted(refused.items())), fell_back, total_cost, unpriced,
                     dict(sorted(examples.items())), assumed_completion)
@@ -139,10 +149,11 @@ def estimate_lines(e: Estimate) -> list[str]:
         return ["No jobs to estimate."]
     lines: list[str] = []
     if e.models:
-        header = ("model", "served by", "requests", "prompt tokens", "completion tokens", "cost (USD)")
+        header = ("endpoint", "model", "served by", "requests", "prompt tokens", "completion tokens", "cost (USD)")
         any_assumed = any(m.assumed for m in e.models)  # a footnote mark; the digits stay aligned
         rows = [
             (
+                m.endpoint,
                 m.model,
                 m.served_by or "unknown",
                 f"{m.requests:,}",
@@ -153,7 +164,7 @@ def estimate_lines(e: Estimate) -> list[str]:
             for m in e.models
         ]
         widths = [max(len(header[i]), *(len(row[i]) for row in rows)) for i in range(len(header))]
-        numeric = (False, False, True, True, True, True)
+        numeric = (False, False, False, True, True, True, True)
 
         def render(cells: tuple[str, ...]) -> str:
             return "  ".join(
@@ -164,6 +175,16 @@ def estimate_lines(e: Estimate) -> list[str]:
         lines.append(render(header))
         lines.append(render(tuple("-" * width for width in widths)))
         lines.extend(render(row) for row in rows)
+        endpoints = sorted({m.endpoint for m in e.models})
+        if len(endpoints) > 1:
+            for name in endpoints:
+                mine = [m for m in e.models if m.endpoint == name]
+                costs = [m.cost for m in mine if m.cost is not None]
+                cost = _usd(sum(costs)) if costs else "unknown"
+                lines.append(f"  {name}: {_count(sum(m.requests for m in mine), 'request')}, "
+                             f"{sum(m.prompt_tokens for m in mine):,} prompt + "
+                             f"{sum(m.completion_tokens for m in mine):,} completion tokens, cost {cost}"
+                             + (" (in part)" if costs and len(costs) < len(mine) else ""))
         if any_assumed:
             assumed = sum(m.assumed for m in e.models)
             lines.append(

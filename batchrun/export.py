@@ -2,11 +2,13 @@
 
 One line per job, in input order:
     {"id", "custom_id", "response": {"status_code", "request_id", "body"}, "error": null,
-     "batchrun": {"model_requested", "model_sent", "model_served", "fallback", "dropped_parameters", "attempts", "key",
+     "batchrun": {"endpoint", "model_requested", "model_sent", "model_served", "fallback", "dropped_parameters", "attempts", "key",
                   "finish_reason", "truncated", "unverified", "cost"}}
 `truncated` marks a result the model cut off at `max_tokens` (finish_reason `length`); `unverified` one
 that came without the provider's `request_id`; `fallback` says why another model was used (or null);
-`cost` is in USD from the catalogue's prices (null when unknown).
+`cost` is in USD from the catalogue's prices (null when unknown); `endpoint` is the URL the request
+went to. The provider's body is written as it sent it, never parsed again: a million 20 KB embeddings
+stream through in chunks with flat memory.
 Failed jobs (in the errors file) carry `"error": {"code", "message"}` and, where the provider
 answered, the last HTTP status and body under `response`.
 """
@@ -83,6 +85,7 @@ def atomic_output(path: str) -> Iterator[IO[bytes]]:
 def _extras(row: ExportRow) -> dict[str, Any]:
     succeeded = row.state == "succeeded"
     return {
+        "endpoint": row.endpoint,
         "model_requested": row.model,
         "model_sent": row.model_sent,
         "model_served": row.model_served,

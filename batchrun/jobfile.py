@@ -1,4 +1,4 @@
-"""Reading and validating a job file: one chat-completion request a line, streamed.
+"""Reading and validating a job file: one request a line, to any endpoint batchrun sends, streamed.
 
 A job file is JSONL. Blank lines are ignored; every other line is one request, in either of two forms:
 
@@ -8,16 +8,21 @@ A job file is JSONL. Blank lines are ignored; every other line is one request, i
       {"custom_id": "q-1", "method": "POST", "url": "/v1/chat/completions",
        "body": {"model": "fast", "messages": [{"role": "user", "content": "Hi"}]}}
 
-  ``method`` must be ``POST`` (any case), ``url`` must be ``/v1/chat/completions``, ``body`` must be an
-  object and no other key may appear. ``custom_id`` is optional.
+  ``method`` must be ``POST`` (any case), ``url`` one of the endpoints of `batchrun.endpoints`
+  (``/v1/chat/completions``, ``/v1/embeddings``, ``/v1/completions``, ``/v1/responses``,
+  ``/v1/moderations``; a file may mix them), ``body`` must be an object and no other key may appear.
+  ``custom_id`` is optional. The endpoint validates the body and weighs it in tokens.
 
 * **Bare form**: the request body itself, with an optional ``custom_id`` key that is taken out of the body
   before it is stored or sent::
 
       {"custom_id": "q-1", "model": "fast", "messages": [{"role": "user", "content": "Hi"}]}
 
+  A bare line goes to chat completions unless the caller names another endpoint
+  (``submit --endpoint /v1/embeddings``).
+
 A line without a ``custom_id`` gets ``"auto-" + body_hash[:16]``, where ``body_hash`` is the SHA-256 of the
-body serialised with sorted keys: loading the same file twice yields the same ids, so a resubmission is
+body serialised with sorted keys (preceded by the endpoint's URL, but for chat): loading the same file twice yields the same ids, so a resubmission is
 idempotent.
 
 A line that cannot be sent as it is becomes a `BadLine` (its line number, the dotted path of the offending
@@ -40,34 +45,21 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 from pathlib import PurePath
-from typing import IO, Any, Final, NamedTuple, NoReturn
+from typing import IO, Any, Final, NamedTuple
 
 import orjson
 
+from batchrun.endpoints import DEFAULT, Endpoint, InvalidField, endpoint_for, known_urls
+from batchrun.endpoints.base import MISSING, json_type, show
 from batchrun.errors import InputError
+from batchrun.tokens import tokens_for_units
 
 __all__ = ["BadLine", "JobSpec", "LineChunk", "batch_name_for", "open_job_file", "parse_line", "read_jobs",
            "read_line_chunks"]
 
-CHAT_COMPLETIONS_URL: Final = "/v1/chat/completions"
-KNOWN_ROLES: Final = ("system", "developer", "user", "assistant", "tool", "function")
-
-_ROLES: Final = frozenset(KNOWN_ROLES)
-#: roles that may come before the conversation proper, which must not open with the assistant
-_PREAMBLE_ROLES: Final = frozenset(("system", "developer"))
 _ENVELOPE_KEYS: Final = ("custom_id", "method", "url", "body")
 _ENVELOPE_KEY_SET: Final = frozenset(_ENVELOPE_KEYS)
 _BOM: Final = b"\xef\xbb\xbf"
-_MISSING: Final[Any] = object()
-_JSON_TYPES: Final[dict[type, str]] = {
-    dict: "object",
-    list: "array",
-    str: "string",
-    int: "number",
-    float: "number",
-    bool: "boolean",
-    type(None): "null",
-}
 
 _loads = orjson.loads
 _dumps = orjson.dumps
@@ -84,11 +76,12 @@ class JobSpec(NamedTuple):
 
     line: int  # 1-based line number in the file
     custom_id: str
-    model: str
+    model: str  # "" for a moderation that leaves the model to the provider
     body_json: str  # the body serialised compactly, keys in the file's order: what is stored and sent
-    body_hash: str  # sha256 hex of the body serialised with sorted keys: same body, same hash
-    prompt_chars: int  # characters of all text content in the messages, for token estimates
-    max_tokens: int | None  # max_tokens, else max_completion_tokens, else None
+    body_hash: str  # sha256 hex of the body serialised with sorted keys (and the endpoint, but for chat)
+    input_tokens: int  # the estimate of the request's input tokens (`batchrun.tokens`)
+    max_tokens: int | None  # the body's output cap, by whatever name its endpoint gives it; None: none
+    endpoint: str = DEFAULT.url  # the endpoint's URL, e.g. "/v1/embeddings"
 
 
 _new_job = partial(tuple.__new__, JobSpec)  # the NamedTuple's own __new__ is a Python function
@@ -109,48 +102,40 @@ class BadLine:
         return f"{filename}:{self.line}: {self.field}: {self.reason}"
 
 
-class _Invalid(Exception):
-    """Raised inside the validators, turned into a `BadLine` by `parse_line`: keeps each check small."""
-
-    __slots__ = ("field", "reason")
-
-    def __init__(self, field: str, reason: str) -> None:
-        self.field = field
-        self.reason = reason
-
-
 # -- parsing --------------------------------------------------------------------------------------------
 
 
-def parse_line(text: str | bytes, line: int) -> JobSpec | BadLine | None:
-    """Parse one line of a job file: a `JobSpec`, a `BadLine`, or None for a blank line."""
+def parse_line(text: str | bytes, line: int, bare: Endpoint = DEFAULT) -> JobSpec | BadLine | None:
+    """Parse one line of a job file: a `JobSpec`, a `BadLine`, or None for a blank line.
+
+    `bare` is the endpoint of a line in bare form (chat unless `submit --endpoint` says otherwise).
+    """
     try:
         obj = _loads(text)
     except orjson.JSONDecodeError as exc:
         return _undecodable(text, line, exc)
     if type(obj) is not dict:
-        return BadLine(line, None, f"not a JSON object (got {_json_type(obj)})")
+        return BadLine(line, None, f"not a JSON object (got {json_type(obj)})")
 
     try:
         if "body" in obj or "method" in obj or "url" in obj:
-            custom_id, body = _unwrap_batch_line(obj)
+            custom_id, body, endpoint = _unwrap_batch_line(obj)
             prefix = "body."
         else:
-            custom_id, body = obj.pop("custom_id", _MISSING), obj
+            custom_id, body, endpoint = obj.pop("custom_id", MISSING), obj, bare
             prefix = ""
-        if custom_id is not _MISSING and not (type(custom_id) is str and custom_id.isprintable() and custom_id
-                                              and not custom_id.isspace()):
+        if custom_id is not MISSING and not (type(custom_id) is str and custom_id.isprintable() and custom_id
+                                             and not custom_id.isspace()):
             _check_custom_id(custom_id)
-    except _Invalid as bad:
+    except InvalidField as bad:
         return BadLine(line, bad.field, bad.reason)
 
     try:
         model = body.get("model")
         if type(model) is not str or not model or model.isspace():
-            model = _check_model(body)
-        prompt_chars = _check_messages(body.get("messages", _MISSING))
-        max_tokens = _check_options(body)
-    except _Invalid as bad:
+            model = _check_model(body, endpoint)
+        units, max_tokens = endpoint.check_body(body)
+    except InvalidField as bad:
         return BadLine(line, prefix + bad.field, bad.reason)
 
     try:
@@ -158,10 +143,13 @@ def parse_line(text: str | bytes, line: int) -> JobSpec | BadLine | None:
         canonical = _dumps(body, option=_SORT_KEYS)
     except orjson.JSONEncodeError as exc:  # e.g. nesting deeper than orjson writes (254 levels)
         return BadLine(line, prefix[:-1] or None, f"cannot be serialised as JSON: {exc}")
+    if endpoint is not DEFAULT:  # the same body sent elsewhere is another request (chat keeps its old hashes)
+        canonical = endpoint.url.encode() + b"\n" + canonical
     body_hash = _sha256(canonical).hexdigest()
-    if custom_id is _MISSING:
+    if custom_id is MISSING:
         custom_id = "auto-" + body_hash[:16]
-    return _new_job((line, custom_id, model, body_bytes.decode(), body_hash, prompt_chars, max_tokens))
+    return _new_job((line, custom_id, model, body_bytes.decode(), body_hash, tokens_for_units(units), max_tokens,
+                     endpoint.url))
 
 
 def _undecodable(text: str | bytes, line: int, exc: orjson.JSONDecodeError) -> BadLine | None:
@@ -181,214 +169,73 @@ def _undecodable(text: str | bytes, line: int, exc: orjson.JSONDecodeError) -> B
     return BadLine(line, None, f"not valid JSON: {exc}")
 
 
-def _unwrap_batch_line(obj: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
-    """(custom_id or _MISSING, body) of a batch-form line, whose envelope is checked here."""
+_CHAT_URL: Final = DEFAULT.url
+
+
+def _unwrap_batch_line(obj: dict[str, Any]) -> tuple[Any, dict[str, Any], Endpoint]:
+    """(custom_id or MISSING, body, endpoint) of a batch-form line, whose envelope is checked here."""
     body = obj.get("body")
-    if (type(body) is dict and obj.get("method") == "POST" and obj.get("url") == CHAT_COMPLETIONS_URL
+    if (type(body) is dict and obj.get("method") == "POST" and obj.get("url") == _CHAT_URL
             and (len(obj) == 3 or (len(obj) == 4 and "custom_id" in obj))):
-        return obj.get("custom_id", _MISSING), body  # the usual envelope, exactly
+        return obj.get("custom_id", MISSING), body, DEFAULT  # the usual envelope, exactly
     return _check_envelope(obj)
 
 
-def _check_envelope(obj: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+def _check_envelope(obj: dict[str, Any]) -> tuple[Any, dict[str, Any], Endpoint]:
     """`_unwrap_batch_line`, thoroughly."""
     if not _ENVELOPE_KEY_SET.issuperset(obj):
         key = next(key for key in obj if key not in _ENVELOPE_KEY_SET)
-        raise _Invalid(key, f"unknown key in a batch line (expected: {', '.join(_ENVELOPE_KEYS)})")
-    method = obj.get("method", _MISSING)
-    if method is _MISSING:
-        raise _Invalid("method", "missing method (expected 'POST')")
+        raise InvalidField(key, f"unknown key in a batch line (expected: {', '.join(_ENVELOPE_KEYS)})")
+    method = obj.get("method", MISSING)
+    if method is MISSING:
+        raise InvalidField("method", "missing method (expected 'POST')")
     if type(method) is not str or method.upper() != "POST":
-        raise _Invalid("method", f"unsupported method {_show(method)} (expected 'POST')")
-    url = obj.get("url", _MISSING)
-    if url is _MISSING:
-        raise _Invalid("url", f"missing url (expected {CHAT_COMPLETIONS_URL!r})")
-    if url != CHAT_COMPLETIONS_URL:
-        raise _Invalid("url", f"unsupported url {_show(url)} (expected {CHAT_COMPLETIONS_URL!r})")
-    body = obj.get("body", _MISSING)
-    if body is _MISSING:
-        raise _Invalid("body", "missing body")
+        raise InvalidField("method", f"unsupported method {show(method)} (expected 'POST')")
+    url = obj.get("url", MISSING)
+    if url is MISSING:
+        raise InvalidField("url", f"missing url (expected one of: {known_urls()})")
+    endpoint = endpoint_for(url) if type(url) is str else None
+    if endpoint is None:
+        raise InvalidField("url", f"unsupported url {show(url)} (expected one of: {known_urls()})")
+    body = obj.get("body", MISSING)
+    if body is MISSING:
+        raise InvalidField("body", "missing body")
     if type(body) is not dict:
-        raise _Invalid("body", f"body must be a JSON object (got {_json_type(body)})")
-    return obj.get("custom_id", _MISSING), body
+        raise InvalidField("body", f"body must be a JSON object (got {json_type(body)})")
+    return obj.get("custom_id", MISSING), body, endpoint
 
 
-# -- checks: each raises _Invalid with a field path relative to the body (or the line, for custom_id) ---
+# -- checks: each raises InvalidField with a field path relative to the body (or the line, for custom_id) -
 
 
 def _check_custom_id(custom_id: Any) -> None:
     if type(custom_id) is not str:
-        raise _Invalid("custom_id", f"custom_id must be a non-empty string (got {_show(custom_id)})")
+        raise InvalidField("custom_id", f"custom_id must be a non-empty string (got {show(custom_id)})")
     if not custom_id or custom_id.isspace():
-        raise _Invalid("custom_id", "empty custom_id")
+        raise InvalidField("custom_id", "empty custom_id")
     # isprintable() is a fast C scan; it is also False for harmless characters such as a no-break space,
     # so only then look for a real control character (Unicode category Cc).
     if not custom_id.isprintable() and any(ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 for c in custom_id):
-        raise _Invalid("custom_id", "custom_id contains a control character")
+        raise InvalidField("custom_id", "custom_id contains a control character")
 
 
-def _check_model(body: dict[str, Any]) -> str:
-    model = body.get("model", _MISSING)
+def _check_model(body: dict[str, Any], endpoint: Endpoint) -> str:
+    model = body.get("model", MISSING)
     if type(model) is str and model and not model.isspace():
         return model
-    if model is _MISSING:
-        raise _Invalid("model", "missing model")
+    if model is MISSING:
+        if not endpoint.model_required:
+            return ""  # the provider picks its default model
+        raise InvalidField("model", "missing model")
     if type(model) is str:
-        raise _Invalid("model", "empty model")
-    raise _Invalid("model", f"model must be a non-empty string (got {_show(model)})")
-
-
-def _check_messages(messages: Any) -> int:
-    """Validate the conversation; return the number of characters of text content in it.
-
-    The usual conversation (known roles, non-blank string contents, not opening with the assistant) is
-    counted in one quick pass; anything else is left to `_check_conversation`, which names what is wrong.
-    """
-    if type(messages) is list:
-        chars = 0
-        opening = True  # no message other than system/developer seen yet
-        for message in messages:
-            if type(message) is not dict:
-                break
-            role = message.get("role")
-            content = message.get("content")
-            if (type(role) is not str or type(content) is not str or role not in _ROLES or not content
-                    or content.isspace()):
-                break
-            if opening and role not in _PREAMBLE_ROLES:
-                if role == "assistant":
-                    break
-                opening = False
-            chars += len(content)
-        else:
-            if messages:
-                return chars
-    return _check_conversation(messages)
-
-
-def _check_conversation(messages: Any) -> int:
-    """`_check_messages`, thoroughly."""
-    if type(messages) is not list:
-        if messages is _MISSING:
-            raise _Invalid("messages", "missing messages")
-        raise _Invalid("messages", f"messages must be a list (got {_json_type(messages)})")
-    if not messages:
-        raise _Invalid("messages", "empty messages")
-    chars = 0
-    started = False  # has a message other than system/developer been seen?
-    for i, message in enumerate(messages):
-        if type(message) is not dict:
-            raise _Invalid(f"messages[{i}]", f"message must be an object (got {_json_type(message)})")
-        role = message.get("role", _MISSING)
-        if type(role) is not str or role not in _ROLES:
-            _bad_role(role, i)
-        if not started and role not in _PREAMBLE_ROLES:
-            if role == "assistant":
-                raise _Invalid(f"messages[{i}].role", "conversation starts with an assistant message")
-            started = True
-        content = message.get("content", _MISSING)
-        if type(content) is str and content and not content.isspace():
-            chars += len(content)  # the common case, kept inline
-        else:
-            chars += _other_content(message, role, content, i)
-    return chars
-
-
-def _bad_role(role: Any, i: int) -> NoReturn:
-    field = f"messages[{i}].role"
-    if role is _MISSING:
-        raise _Invalid(field, "missing role")
-    if type(role) is not str:
-        raise _Invalid(field, f"role must be a string (got {_show(role)})")
-    raise _Invalid(field, f"unknown role {_show(role)} (expected one of: {', '.join(KNOWN_ROLES)})")
-
-
-def _other_content(message: dict[str, Any], role: str, content: Any, i: int) -> int:
-    """Characters of a content that is not a plain non-blank string: null, blank, a list of parts."""
-    field = f"messages[{i}].content"
-    # An assistant turn that calls tools carries its payload in tool_calls (or the legacy function_call),
-    # so it may have no text at all.
-    calls_tools = role == "assistant" and bool(message.get("tool_calls") or message.get("function_call"))
-    if type(content) is str:
-        if calls_tools:
-            return len(content)
-        raise _Invalid(field, "empty content")
-    if type(content) is list:
-        chars, has_content = _content_parts(content, field)
-        if has_content or calls_tools:
-            return chars
-        raise _Invalid(field, "empty content")
-    if calls_tools and (content is None or content is _MISSING):
-        return 0
-    if content is _MISSING:
-        raise _Invalid(field, "missing content")
-    if content is None:
-        raise _Invalid(field, "content is null")
-    raise _Invalid(field, f"content must be a string or a list of parts (got {_json_type(content)})")
-
-
-def _content_parts(parts: list[Any], field: str) -> tuple[int, bool]:
-    """(characters of text, whether any part carries something) of a list of content parts."""
-    chars = 0
-    has_content = False
-    for j, part in enumerate(parts):
-        if type(part) is not dict:
-            raise _Invalid(f"{field}[{j}]", f"content part must be an object (got {_json_type(part)})")
-        kind = part.get("type")
-        if kind == "text":
-            text = part.get("text", _MISSING)
-            if type(text) is not str:
-                what = "missing text" if text is _MISSING else f"text must be a string (got {_show(text)})"
-                raise _Invalid(f"{field}[{j}].text", what)
-            chars += len(text)
-            if text and not text.isspace():
-                has_content = True
-        elif type(kind) is str and kind:
-            has_content = True  # an image, audio clip or file: not ours to look into
-        else:
-            what = "missing type" if kind is None else f"type must be a non-empty string (got {_show(kind)})"
-            raise _Invalid(f"{field}[{j}].type", what)
-    return chars, has_content
-
-
-def _check_options(body: dict[str, Any]) -> int | None:
-    """Check the parameters whose wrong type would only waste a request; return the output token cap."""
-    max_tokens = body.get("max_tokens")
-    if max_tokens is not None and (type(max_tokens) is not int or max_tokens <= 0):
-        _not_positive_int("max_tokens", max_tokens)
-    completion_tokens = body.get("max_completion_tokens")  # the newer name of the same cap
-    if completion_tokens is not None and (type(completion_tokens) is not int or completion_tokens <= 0):
-        _not_positive_int("max_completion_tokens", completion_tokens)
-    temperature = body.get("temperature")
-    if temperature is not None and type(temperature) is not float and type(temperature) is not int:
-        raise _Invalid("temperature", f"temperature must be a number (got {_show(temperature)})")
-    stream = body.get("stream")
-    if stream is not None and stream is not False:
-        raise _Invalid("stream", "stream must be false or absent")
-    return max_tokens if max_tokens is not None else completion_tokens
-
-
-def _not_positive_int(name: str, value: Any) -> NoReturn:
-    raise _Invalid(name, f"{name} must be a positive integer (got {_show(value)})")
-
-
-def _json_type(value: Any) -> str:
-    return _JSON_TYPES.get(type(value), type(value).__name__)
-
-
-def _show(value: Any) -> str:
-    """A short rendering of a user's value for a reason: a literal for scalars, a type for containers."""
-    if value is None or type(value) in (bool, int, float):
-        return _dumps(value).decode()
-    if type(value) is str:
-        return repr(value if len(value) <= 40 else value[:37] + "...")
-    return _json_type(value)
+        raise InvalidField("model", "empty model")
+    raise InvalidField("model", f"model must be a non-empty string (got {show(model)})")
 
 
 # -- files ----------------------------------------------------------------------------------------------
 
 
-def read_jobs(stream: IO[bytes], filename: str) -> Iterator[JobSpec | BadLine]:
+def read_jobs(stream: IO[bytes], filename: str, bare: Endpoint = DEFAULT) -> Iterator[JobSpec | BadLine]:
     """Parse a binary job file line by line, lazily; blank lines are skipped but still counted.
 
     A UTF-8 byte order mark at the start of the file is ignored. A read error becomes an `InputError`.
@@ -400,11 +247,11 @@ def read_jobs(stream: IO[bytes], filename: str) -> Iterator[JobSpec | BadLine]:
             return
         if first.startswith(_BOM):
             first = first[len(_BOM) :]
-        result = parse_line(first, 1)
+        result = parse_line(first, 1, bare)
         if result is not None:
             yield result
         for number, text in enumerate(lines, 2):
-            result = parse_line(text, number)
+            result = parse_line(text, number, bare)
             if result is not None:
                 yield result
     except OSError as exc:
@@ -433,12 +280,13 @@ class LineChunk:
             lines.pop()  # what follows the last newline: nothing (or, in an empty chunk, the only element)
         return lines
 
-    def parse(self) -> tuple[list[JobSpec], list[BadLine]]:
-        """The jobs and the bad lines of the chunk, each in file order (blank lines left out)."""
+    def parse(self, bare: Endpoint = DEFAULT) -> tuple[list[JobSpec], list[BadLine]]:
+        """The jobs and the bad lines of the chunk, each in file order (blank lines left out); `bare` is
+        the endpoint of bare-form lines."""
         jobs: list[JobSpec] = []
         bad: list[BadLine] = []
         for number, text in enumerate(self.lines, self.first_line):
-            result = parse_line(text, number)
+            result = parse_line(text, number, bare)
             if type(result) is JobSpec:
                 jobs.append(result)
             elif result is not None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import hashlib
 import itertools
 import os
 import stat
@@ -25,6 +26,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from batchrun.endpoints import DEFAULT, Endpoint
 from batchrun.errors import BatchrunError, ConfigError
 from batchrun.jobfile import BadLine, LineChunk, batch_name_for, open_job_file, read_line_chunks
 from batchrun.store import JobRows, Store
@@ -72,15 +74,22 @@ class ChunkLoader:
     database), `commit` inserts them in the caller's transaction; `load` is both, in a transaction of
     its own. In worker processes, each has its own copy."""
 
-    def __init__(self, store: Store, batch: str, batch_id: int | None) -> None:
+    def __init__(self, store: Store, batch: str, batch_id: int | None, bare: Endpoint = DEFAULT) -> None:
         self.store = store
         self.batch = batch
         self.batch_id = batch_id  # None until the batch has a job: a file of bad lines creates no batch
+        self.bare = bare  # the endpoint of bare-form lines
         self.in_turn = False  # one of several processes loading in turn (see `after_commit`)
 
+    def digest(self, chunk: LineChunk) -> str:
+        """What identifies the chunk's jobs: its bytes, and (but for chat) where its bare lines go."""
+        if self.bare is DEFAULT:
+            return chunk.digest
+        return hashlib.sha256(f"{self.bare.url}\n{chunk.digest}".encode()).hexdigest()
+
     def prepare(self, chunk: LineChunk, digest: str | None = None) -> _Prepared:
-        jobs, bad = chunk.parse()
-        return _Prepared(chunk, None if bad else digest or chunk.digest, JobRows.of(jobs), bad)
+        jobs, bad = chunk.parse(self.bare)
+        return _Prepared(chunk, None if bad else digest or self.digest(chunk), JobRows.of(jobs), bad)
 
     def commit(self, prepared: _Prepared, conn: Any) -> ChunkOutcome:
         rows, bad = prepared.rows, prepared.bad
@@ -134,8 +143,10 @@ class _Tally:
 
 
 def submit_file(store: Store, path: str, batch: str | None, strict: bool, report: Callable[[str], None],
-                *, workers: int | None = None, parallel_lines: int | None = None) -> SubmitReport:
-    """Load `path` ("-" for stdin) into batch `batch` (default: the file's stem).
+                *, workers: int | None = None, parallel_lines: int | None = None,
+                bare: Endpoint = DEFAULT) -> SubmitReport:
+    """Load `path` ("-" for stdin) into batch `batch` (default: the file's stem); `bare` is the endpoint
+    of bare-form lines.
 
     `workers` defaults to the usable cores (at most 4), `parallel_lines` to the environment's setting
     (see the module's docstring).
@@ -151,7 +162,7 @@ def submit_file(store: Store, path: str, batch: str | None, strict: bool, report
                 report(problem.format(display))
             tally.add(chunk, outcome)
 
-        loader = ChunkLoader(store, name, store.batch_id(name))
+        loader = ChunkLoader(store, name, store.batch_id(name), bare)
         chunks = _unknown_chunks(read_line_chunks(stream, display, CHUNK), loader, handled)
         if strict:
             try:
@@ -217,7 +228,7 @@ def _unknown_chunks(chunks: Iterable[LineChunk], loader: ChunkLoader,
         if known_batch is None:
             yield chunk, None
             continue
-        digest = chunk.digest
+        digest = loader.digest(chunk)
         seen = loader.store.known_chunk(known_batch, chunk.first_line, chunk.line_count, digest)
         if seen is None:
             yield chunk, digest

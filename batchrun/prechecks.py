@@ -29,17 +29,17 @@ from typing import Any, Final
 import orjson
 
 from batchrun.catalog import Catalog, ModelInfo
+from batchrun.endpoints import CHAT, Endpoint
 
 __all__ = [
-    "CHARS_PER_TOKEN",
     "CONTEXT_LENGTH_EXCEEDED",
     "MODEL_NOT_FOUND",
     "RESPONSE_FORMAT_UNSUPPORTED",
+    "UNKNOWN_ENDPOINT",
     "UNSUPPORTED_PARAMETER",
     "Fallbacks",
     "Prepared",
     "Refused",
-    "estimate_prompt_tokens",
     "prepare",
 ]
 
@@ -47,15 +47,11 @@ MODEL_NOT_FOUND: Final = "model_not_found"
 CONTEXT_LENGTH_EXCEEDED: Final = "context_length_exceeded"
 UNSUPPORTED_PARAMETER: Final = "unsupported_parameter"
 RESPONSE_FORMAT_UNSUPPORTED: Final = "response_format_unsupported"
+#: a job whose endpoint this batchrun does not know (stored by a newer one)
+UNKNOWN_ENDPOINT: Final = "unknown_endpoint"
 
-#: body keys every model takes; never checked against supported_parameters
-_CORE_FIELDS: Final = frozenset(("model", "messages"))
-#: the completion cap goes by two names; a model that takes one takes the other
-_TOKEN_CAPS: Final = ("max_tokens", "max_completion_tokens")
 #: `response_format.type` values that ask for JSON output and need the capability
 _JSON_FORMATS: Final = frozenset(("json_object", "json_schema"))
-#: providers bill roughly four characters per token; the same stand-in the simulator uses
-CHARS_PER_TOKEN: Final = 4
 
 _loads = orjson.loads
 _dumps = orjson.dumps
@@ -104,29 +100,27 @@ class Refused:
     message: str  # names the model, the numbers or the parameter, and what to do about it
 
 
-def estimate_prompt_tokens(prompt_chars: int) -> int:
-    """Prompt tokens for `prompt_chars` characters of message text: characters / 4, rounded up."""
-    return -(-prompt_chars // CHARS_PER_TOKEN)
-
-
 def prepare(
     model: str,
     body: str,
-    prompt_chars: int,
+    input_tokens: int,
     max_tokens: int | None,
     catalog: Catalog,
     fallbacks: Fallbacks = Fallbacks(),  # frozen, so one shared default is safe
     drop_unsupported: bool = False,
     gone: AbstractSet[str] = frozenset(),
+    endpoint: Endpoint = CHAT,
 ) -> Prepared | Refused:
     """What to send for one job, or why not to send it.
 
-    `body` is the request's JSON text, naming `model`; `prompt_chars` and `max_tokens` are the job's
-    (see `jobfile.JobSpec`). `gone` holds the models the provider answered "not found" for during
-    this run although the catalogue listed them: they count as absent until the catalogue is
-    fetched again.
+    `body` is the request's JSON text, naming `model` (or, for an endpoint where a model is optional,
+    naming none: `model` is then ""); `input_tokens` and `max_tokens` are the job's (see
+    `jobfile.JobSpec`), `endpoint` where it goes: which fields every model takes, which cap its answer,
+    whether the context window is checked. `gone` holds the models the provider answered "not found"
+    for during this run although the catalogue listed them: they count as absent until the catalogue
+    is fetched again.
     """
-    if not catalog:  # nothing known about the provider: let it judge
+    if not catalog or not model:  # nothing known about the provider, or no model named: let it judge
         return Prepared(body.encode(), model, None)
 
     info = _served(model, catalog, gone)
@@ -144,15 +138,15 @@ def prepare(
 
     params = info.supported_parameters
     json_capable = info.response_format
-    context_length = info.context_length
+    context_length = info.context_length if endpoint.checks_context else None
     if reason is None and params is None and json_capable is not False:
         # The common case with a sparse catalogue: at most the context check, usually without parsing.
         if context_length is not None:
             budget = max_tokens if max_tokens is not None else _budget_from_text(body)
             if budget is None:  # the body may name a cap the caller did not pass: read it
                 obj = _parse(body)
-                budget = _body_budget(obj) if obj is not None else 0
-            refused = _check_context(model_sent, info, prompt_chars, budget)
+                budget = endpoint.body_output_cap(obj) if obj is not None else 0
+            refused = _check_context(model_sent, info, input_tokens, budget, endpoint)
             if refused is not None:
                 return refused
         return Prepared(body.encode(), model, None)
@@ -163,16 +157,16 @@ def prepare(
 
     unsupported: list[str] = []
     if params is not None:
-        allowed = _allowed(params)
+        allowed = _allowed(params, endpoint)
         if not allowed.issuperset(obj):
             unsupported = [name for name in obj if name not in allowed]
     wants_json = json_capable is False and _wants_json(obj)
 
     if context_length is not None:
-        budget = max_tokens if max_tokens is not None else _body_budget(obj)
-        if drop_unsupported and budget and ("max_tokens" in unsupported or "max_completion_tokens" in unsupported):
-            budget = 0  # the cap is dropped (a model takes both names or neither): only the prompt counts
-        refused = _check_context(model_sent, info, prompt_chars, budget)
+        budget = max_tokens if max_tokens is not None else endpoint.body_output_cap(obj)
+        if drop_unsupported and budget and not set(endpoint.output_caps).isdisjoint(unsupported):
+            budget = 0  # the cap is dropped (a model takes all its names or none): only the prompt counts
+        refused = _check_context(model_sent, info, input_tokens, budget, endpoint)
         if refused is not None:
             return refused
 
@@ -245,12 +239,13 @@ def _toml_key(name: str) -> str:
 
 
 @functools.lru_cache(maxsize=256)
-def _allowed(params: tuple[str, ...]) -> frozenset[str]:
-    """What a model with these supported_parameters takes: them, the core fields, and both names of
-    the completion cap if it takes either. Cached: a catalogue has few distinct lists."""
-    allowed = set(params) | _CORE_FIELDS
-    if not allowed.isdisjoint(_TOKEN_CAPS):
-        allowed.update(_TOKEN_CAPS)
+def _allowed(params: tuple[str, ...], endpoint: Endpoint) -> frozenset[str]:
+    """What a model with these supported_parameters takes at `endpoint`: them, the endpoint's core
+    fields, and every name of the output cap if it takes one (chat's cap goes by two). Cached: a
+    catalogue has few distinct lists."""
+    allowed = set(params) | endpoint.core_fields
+    if not allowed.isdisjoint(endpoint.output_caps):
+        allowed.update(endpoint.output_caps)
     return frozenset(allowed)
 
 
@@ -270,27 +265,20 @@ def _budget_from_text(body: str) -> int | None:
     return 0
 
 
-def _body_budget(obj: dict[str, Any]) -> int:
-    """The completion cap the body sends (max_completion_tokens, else max_tokens), else 0."""
-    for name in ("max_completion_tokens", "max_tokens"):
-        value = obj.get(name)
-        if type(value) is int and value > 0:
-            return value
-    return 0
-
-
-def _check_context(model_sent: str, info: ModelInfo, prompt_chars: int, budget: int) -> Refused | None:
+def _check_context(model_sent: str, info: ModelInfo, prompt_tokens: int, budget: int,
+                   endpoint: Endpoint) -> Refused | None:
     context_length = info.context_length
     if context_length is None:
         return None
-    prompt_tokens = -(-prompt_chars // CHARS_PER_TOKEN)
     if prompt_tokens + budget <= context_length:
         return None
+    caps = endpoint.output_caps
+    cap = "max_tokens" if "max_tokens" in caps else caps[0] if caps else "max_tokens"
     return Refused(
         CONTEXT_LENGTH_EXCEEDED,
-        f"The request needs about {prompt_tokens} prompt tokens + {budget} max_tokens > the context window "
-        f"of {info.id} ({context_length} tokens){_serving(model_sent, info)}. Shorten the messages, lower "
-        "max_tokens, or send the job to a model with a larger context window.",
+        f"The request needs about {prompt_tokens} prompt tokens + {budget} {cap} > the context window "
+        f"of {info.id} ({context_length} tokens){_serving(model_sent, info)}. Shorten the input, lower "
+        f"{cap}, or send the job to a model with a larger context window.",
     )
 
 

@@ -11,7 +11,6 @@ import asyncio
 import dataclasses
 import email.utils
 import logging
-import math
 import re
 import time
 from collections.abc import Sequence
@@ -22,11 +21,13 @@ import aiohttp
 import orjson
 
 from batchrun.catalog import Catalog, parse_catalog
+from batchrun.endpoints import CHAT, BadAnswer, Endpoint
 from batchrun.errors import (
     BadRequest,
     BadResponse,
     ConnectionFailed,
     EndpointNotFound,
+    EndpointNotServed,
     KeyBudgetExhausted,
     KeyModelForbidden,
     KeyRejected,
@@ -87,7 +88,8 @@ class RateHint:
 
 @dataclass(frozen=True, slots=True)
 class Completion:
-    """A successful chat completion, with the raw body kept verbatim for the export."""
+    """A successful answer of any endpoint (a chat completion, an embedding...), with the raw body kept
+    verbatim for the export and what the endpoint reads out of it."""
 
     status: int
     body: str
@@ -112,7 +114,6 @@ class ProviderClient:
                  require_request_id: bool = False) -> None:
         self.base_url = base_url.rstrip("/")
         self.require_request_id = require_request_id
-        self._completions_url = f"{self.base_url}/chat/completions"
         self._models_url = f"{self.base_url}/models"
         self._timeout = request_timeout
         self._connections = connections
@@ -148,18 +149,24 @@ class ProviderClient:
             raise RuntimeError("ProviderClient used outside `async with`")
         return self._session
 
-    async def complete(self, key: ApiKey, body: bytes) -> Completion:
-        """Send one chat completion; return it, or raise the classified `ProviderError`."""
-        status, headers, text = await self._request("POST", self._completions_url, key, body)
+    async def complete(self, key: ApiKey, body: bytes, endpoint: Endpoint = CHAT) -> Completion:
+        """Send one request to `endpoint`; return its answer, or raise the classified `ProviderError`."""
+        status, headers, text = await self._request("POST", self.base_url + endpoint.path, key, body)
         hint = rate_hint(headers)
         if status == 200:
             try:
-                completion = parse_completion(text, require_request_id=self.require_request_id)
+                completion = parse_completion(text, require_request_id=self.require_request_id,
+                                              endpoint=endpoint, request=body)
             except ProviderError as error:
                 error.rate_hint = hint
                 raise
             return completion if hint is None else dataclasses.replace(completion, rate_hint=hint)
         failure = classify(status, headers, text)
+        if isinstance(failure, EndpointNotFound) and endpoint is not CHAT:
+            # The catalogue answered at this base URL: it is right, and the provider lacks the endpoint.
+            failure = EndpointNotServed(
+                f"the provider does not serve {endpoint.url} ({failure}; POST {self.base_url}{endpoint.path}): "
+                "send these jobs to a provider that does", status=status, body=failure.body)
         failure.rate_hint = hint
         raise failure
 
@@ -197,7 +204,7 @@ class ProviderClient:
         """Say what the base URL should look like; if `{base}/v1/models` answers, say so."""
         message = (f"{self._models_url} answered 404: the base URL {self.base_url} looks wrong. It must "
                    "include the API version prefix, e.g. https://api.privatemind.com/v1 (batchrun sends "
-                   "requests to BASE/chat/completions and reads BASE/models)")
+                   "requests to BASE/chat/completions, BASE/embeddings... and reads BASE/models)")
         if self.base_url.endswith("/v1"):
             return message
         guess = f"{self.base_url}/v1"
@@ -233,8 +240,10 @@ class ProviderClient:
             raise ConnectionFailed(f"connection failed: {type(exc).__name__}: {exc}") from exc
 
 
-def parse_completion(text: str, *, require_request_id: bool = False) -> Completion:
-    """A 200 body that is a complete chat completion, or a `TransientError` (it will be retried).
+def parse_completion(text: str, *, require_request_id: bool = False, endpoint: Endpoint = CHAT,
+                     request: bytes = b"") -> Completion:
+    """A 200 body that is a complete answer of `endpoint` to `request`, or a `TransientError` (it will
+    be retried): a cut-off or short answer never passes as a result.
 
     A completion without `request_id` is accepted (and counted as unverified) unless
     `require_request_id`: the Pinaivu docs say a missing id means the request likely did not complete.
@@ -245,16 +254,12 @@ def parse_completion(text: str, *, require_request_id: bool = False) -> Completi
         raise BadResponse(f"200 with a body that is not JSON ({exc}); treated as a failed attempt",
                           status=200, body=_clip(text)) from None
     if not isinstance(payload, dict):
-        raise BadResponse("200 with a body that is not a chat completion object; treated as a failed attempt",
+        raise BadResponse(f"200 with a body that is not {endpoint.answer} object; treated as a failed attempt",
                           status=200, body=_clip(text))
-    choices = payload.get("choices")
-    first = choices[0] if isinstance(choices, list) and choices and isinstance(choices[0], dict) else None
-    message = first.get("message") if first else None
-    if not isinstance(message, dict) or ("content" not in message and "tool_calls" not in message):
-        raise BadResponse("200 with an incomplete chat completion (no choices[0].message); "
-                          "treated as a failed attempt", status=200, body=_clip(text))
-    raw_usage = payload.get("usage")
-    usage: dict[str, Any] = raw_usage if isinstance(raw_usage, dict) else {}
+    try:
+        answer = endpoint.read_answer(payload, request)
+    except BadAnswer as exc:
+        raise BadResponse(f"200 with {exc}; treated as a failed attempt", status=200, body=_clip(text)) from None
     request_id = payload.get("request_id")
     if require_request_id and not (isinstance(request_id, str) and request_id):
         raise Unverified("200 without request_id: the provider's docs say the request likely did not "
@@ -264,10 +269,10 @@ def parse_completion(text: str, *, require_request_id: bool = False) -> Completi
         body=text,
         request_id=request_id if isinstance(request_id, str) else None,
         model=payload.get("model") if isinstance(payload.get("model"), str) else None,
-        finish_reason=first.get("finish_reason") if first else None,
-        prompt_tokens=_int(usage.get("prompt_tokens")),
-        completion_tokens=_int(usage.get("completion_tokens")),
-        total_tokens=_int(usage.get("total_tokens")),
+        finish_reason=answer.finish_reason,
+        prompt_tokens=answer.prompt_tokens,
+        completion_tokens=answer.completion_tokens,
+        total_tokens=answer.total_tokens,
     )
 
 
@@ -437,10 +442,6 @@ def _json_or_none(text: str) -> Any:
         return orjson.loads(text) if text else None
     except orjson.JSONDecodeError:
         return None
-
-
-def _int(value: Any) -> int | None:
-    return int(value) if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) else None
 
 
 def _clip(text: str) -> str:

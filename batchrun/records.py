@@ -25,9 +25,11 @@ class NewJob(Protocol):
     @property
     def body_hash(self) -> str: ...
     @property
-    def prompt_chars(self) -> int: ...
+    def input_tokens(self) -> int: ...
     @property
     def max_tokens(self) -> int | None: ...
+    @property
+    def endpoint(self) -> str: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,11 +46,12 @@ class ClaimedJob:
     custom_id: str
     body: str
     model: str
-    prompt_chars: int
-    max_tokens: int | None
+    input_tokens: int  # the estimate of its input tokens (batchrun.tokens)
+    max_tokens: int | None  # its output cap, whatever its endpoint calls it
     attempts: int
     #: when the job's first transient failure came (epoch seconds); None while it has had none
     transient_since: float | None = None
+    endpoint: str = "/v1/chat/completions"  # the endpoint's URL (batchrun.endpoints)
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +107,23 @@ Outcome = Succeeded | Failed | Retry
 
 
 @dataclass(frozen=True, slots=True)
+class EndpointCounts:
+    """One endpoint's share of a batch."""
+
+    endpoint: str  # its URL, e.g. /v1/embeddings
+    total: int
+    queued: int
+    running: int
+    succeeded: int
+    failed: int
+    cancelled: int
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+    cost: float  # USD of its jobs whose cost is known
+
+
+@dataclass(frozen=True, slots=True)
 class BatchCounts:
     name: str
     total: int
@@ -122,6 +142,7 @@ class BatchCounts:
     fallbacks: int = 0  # succeeded on a fallback model
     cost: float = 0.0  # USD of the jobs whose cost is known
     priced: int = 0  # succeeded jobs whose cost is known
+    endpoints: tuple[EndpointCounts, ...] = ()  # by endpoint URL, sorted
 
     @property
     def retries(self) -> int:
@@ -166,6 +187,7 @@ class ExportRow:
     completion_tokens: int | None = None
     total_tokens: int | None = None
     dropped_parameters: str | None = None
+    endpoint: str = "/v1/chat/completions"
 
 
 @dataclass(frozen=True, slots=True)

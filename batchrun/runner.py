@@ -30,10 +30,12 @@ import orjson
 from batchrun.budget import Reservation, SpendCap
 from batchrun.breaker import CircuitBreaker
 from batchrun.catalog import Catalog, parse_catalog
+from batchrun.endpoints import ENDPOINTS
 from batchrun.errors import (
     BatchrunError,
     ConfigError,
     EndpointNotFound,
+    EndpointNotServed,
     KeyModelForbidden,
     KeyUnusable,
     NoUsableKey,
@@ -45,7 +47,7 @@ from batchrun.errors import (
 from batchrun.keys import KeyLane
 from batchrun.keyshare import KeySharing
 from batchrun.units import format_clock as _clock
-from batchrun.prechecks import Prepared, Refused, prepare
+from batchrun.prechecks import UNKNOWN_ENDPOINT, Prepared, Refused, prepare
 from batchrun.provider import Completion, ProviderClient, RateHint
 from batchrun.records import ClaimedJob, Failed, Outcome, Retry, Succeeded
 from batchrun.retry import FAIL, REQUEUE, RETRY, Decision
@@ -93,6 +95,8 @@ class Runner:
         self.catalog = Catalog([])
         #: models the provider said are gone (404 / unknown model) during this run, catalogue or not
         self._gone: set[str] = set()
+        #: endpoint URL -> why the provider does not serve it (a 404 for it): its jobs fail without a request
+        self._unserved: dict[str, str] = {}
         self._refreshing: asyncio.Task[None] | None = None
         self._last_refresh = float("-inf")
         self.cap = SpendCap(options.max_cost, options.max_tokens)
@@ -246,8 +250,15 @@ class Runner:
         return refused
 
     def _prepare_job(self, job: ClaimedJob) -> Prepared | Refused:
-        return prepare(job.model, job.body, job.prompt_chars, job.max_tokens, self.catalog,
-                       self._options.fallbacks, self._options.drop_unsupported, self._gone)
+        endpoint = ENDPOINTS.get(job.endpoint)
+        if endpoint is None:  # written by a newer batchrun
+            return Refused(UNKNOWN_ENDPOINT, f"this batchrun does not send {job.endpoint}: upgrade it to run "
+                                             "this job")
+        unserved = self._unserved.get(job.endpoint)
+        if unserved is not None:  # one 404 said so: no request more
+            return Refused(EndpointNotServed.code, unserved)
+        return prepare(job.model, job.body, job.input_tokens, job.max_tokens, self.catalog,
+                       self._options.fallbacks, self._options.drop_unsupported, self._gone, endpoint)
 
     def _schedule_refresh(self) -> None:
         """Single-flight: one refresh at a time, and at most one per CATALOG_REFRESH_INTERVAL."""
@@ -380,7 +391,7 @@ class Runner:
                 self._jobs.put_nowait(job)
                 raise
             try:
-                reservation = await lane.acquire(_estimate_tokens(job))
+                reservation = await lane.acquire(self._estimate_tokens(job))
             except BaseException:
                 self._slots.release()
                 self._jobs.put_nowait(job)
@@ -411,8 +422,8 @@ class Runner:
         True when there is no cap; False (and the run stops claiming) when it would cross one."""
         if not self.cap.active:
             return True
-        prompt = -(-job.prompt_chars // 4)
-        completion = job.max_tokens or self._options.assumed_completion
+        prompt, completion = ENDPOINTS[job.endpoint].budget(job.input_tokens, job.max_tokens,
+                                                            self._options.assumed_completion)
         model = self.catalog.resolve(prepared.model_sent)
         cost = (model.cost(prompt, completion) if model else None) or 0.0
         spend = self.cap.reserve(cost, prompt + completion)
@@ -428,7 +439,7 @@ class Runner:
         self.stats.requests += 1
         outcome: Outcome | None = None
         try:
-            completion = await self._client.complete(lane.key, prepared.body)
+            completion = await self._client.complete(lane.key, prepared.body, ENDPOINTS[job.endpoint])
         except ProviderError as error:
             outcome = await self._on_error(lane, job, prepared, attempt, error, sent_at)
         except Exception:  # a bug must not lose the job: it stays leased and is released at the end
@@ -457,7 +468,7 @@ class Runner:
         self._note_key_change(lane, lane.on_answer(sent_at, succeeded=True))
         self._obey_hint(lane, completion.rate_hint)
         self._note_breaker(False, sent_at)
-        lane.settle_tokens(reservation, completion.total_tokens or _estimate_tokens(job))
+        lane.settle_tokens(reservation, completion.total_tokens or self._estimate_tokens(job))
         served = completion.model or prepared.model_sent
         model = self.catalog.resolve(served) or self.catalog.resolve(prepared.model_sent)
         cost = model.cost(completion.prompt_tokens, completion.completion_tokens) if model else None
@@ -498,6 +509,8 @@ class Runner:
         await self._act_on_key(lane, prepared.model_sent, error, decision)
         if decision.stop_run:
             self.request_stop(str(error), error)
+        if isinstance(error, EndpointNotServed):
+            self._unserved.setdefault(job.endpoint, str(error))
         if decision.refresh_catalog:
             if prepared.model_sent not in self._gone:
                 log.warning("model %s is gone (%s); its jobs are resolved again against a fresh catalogue",
@@ -658,10 +671,11 @@ class Runner:
 
     _wait = staticmethod(wait_for_event)
 
-
-def _estimate_tokens(job: ClaimedJob) -> int:
-    """Prompt characters / 4 plus the completion budget: the estimate a token limit reserves."""
-    return job.prompt_chars // 4 + 1 + (job.max_tokens or 0)
+    def _estimate_tokens(self, job: ClaimedJob) -> int:
+        """Input plus output tokens at most (`Endpoint.budget`): what a token limit reserves."""
+        prompt, completion = ENDPOINTS[job.endpoint].budget(job.input_tokens, job.max_tokens,
+                                                            self._options.assumed_completion)
+        return prompt + completion
 
 
 def _response_text(error: ProviderError) -> str | None:

@@ -15,6 +15,7 @@ from batchrun.keys import KeyLane
 from batchrun.prechecks import Fallbacks
 from batchrun.provider import Completion
 from batchrun.retry import RetryPolicy
+from batchrun.tokens import DEFAULT_ASSUMED_COMPLETION
 
 
 @dataclass(frozen=True)
@@ -33,8 +34,9 @@ class RunOptions:
     deadline: float | None = None
     max_cost: float | None = None
     max_tokens: int | None = None
-    #: completion tokens assumed for a job without max_tokens when reserving against a spend cap
-    assumed_completion: int = 256
+    #: completion tokens assumed for a job without an output cap (at an endpoint that answers at length)
+    #: when reserving against a token limit or a spend cap
+    assumed_completion: int = DEFAULT_ASSUMED_COMPLETION
     #: when other runners hold every key: wait for one (True) or stop with exit 3
     wait_for_keys: bool = True
 

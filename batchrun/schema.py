@@ -25,6 +25,9 @@ from sqlalchemy import (
 
 from batchrun.revision import SCHEMA_REVISION  # noqa: F401  (re-exported: the revision of these tables)
 
+#: the endpoint of a job from before endpoints were stored (migration 0005)
+CHAT_URL = "/v1/chat/completions"
+
 # SQLite only makes INTEGER PRIMARY KEY an alias of the rowid (and so auto-incrementing).
 Id = BigInteger().with_variant(Integer(), "sqlite")
 
@@ -65,7 +68,11 @@ jobs = Table(
     Column("body_hash", String(64), nullable=False),
     Column("body", Text, nullable=False),
     Column("model", String(200), nullable=False),
-    Column("prompt_chars", Integer, nullable=False, default=0),
+    # The endpoint's URL (batchrun.endpoints), e.g. /v1/embeddings.
+    Column("endpoint", String(64), nullable=False, default=CHAT_URL, server_default=CHAT_URL),
+    # The estimate of the request's input tokens (batchrun.tokens) and its output cap (max_tokens,
+    # max_completion_tokens or max_output_tokens, whatever its endpoint calls it; NULL: none).
+    Column("input_tokens", Integer, nullable=False, default=0, server_default="0"),
     Column("max_tokens", Integer, nullable=True),
     # queued | running | succeeded | failed | cancelled
     Column("state", String(16), nullable=False, default="queued"),
@@ -100,6 +107,14 @@ jobs = Table(
     Index("ix_jobs_claim", "state", "batch_id", "id"),
     # Leases of a runner: heartbeat extension and release.
     Index("ix_jobs_lease_owner", "lease_owner"),
+)
+
+#: The endpoints each batch's jobs go to (written by submit): `status` breaks a batch down by endpoint
+#: only when it has several, so that a one-endpoint batch is never scanned.
+batch_endpoints = Table(
+    "batch_endpoints", metadata,
+    Column("batch_id", Id, ForeignKey("batches.id"), primary_key=True),
+    Column("endpoint", String(64), primary_key=True),
 )
 
 #: What `status` shows, kept up to date by triggers on `jobs` (migration 0003) so that it is read

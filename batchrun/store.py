@@ -105,11 +105,12 @@ JOB_STATES = (QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED)
 
 #: SQLite's default: pages in the WAL past which a commit copies them into the database file
 _WAL_AUTOCHECKPOINT = 1000
-#: rows a statement of `Store.insert_jobs` inserts: ×7 parameters stays under SQLite's oldest limit (999)
+#: rows a statement of `Store.insert_jobs` inserts: ×8 parameters stays under SQLite's oldest limit (999)
 _ROWS_PER_INSERT = 100
 #: the columns of a new job's row, as `_row_of` takes them from a `NewJob`
-_JOB_ROW = ("line", "custom_id", "body_hash", "body", "model", "prompt_chars", "max_tokens")
-_row_of = operator.attrgetter("line", "custom_id", "body_hash", "body_json", "model", "prompt_chars", "max_tokens")
+_JOB_ROW = ("line", "custom_id", "body_hash", "body", "model", "input_tokens", "max_tokens", "endpoint")
+_row_of = operator.attrgetter("line", "custom_id", "body_hash", "body_json", "model", "input_tokens", "max_tokens",
+                              "endpoint")
 
 
 @dataclass(frozen=True, slots=True)
@@ -292,6 +293,8 @@ class Store:
         if whole < len(rows):
             inserted += conn.exec_driver_sql(self._insert_jobs_sql(batch_id, len(rows) - whole),
                                              tuple(chain.from_iterable(rows[whole:]))).rowcount
+        if inserted:
+            self._note_endpoints(conn, batch_id, {row[-1] for row in rows})
         conflicts = list(new.conflicts)
         duplicates = new.duplicates
         if inserted < len(new.rows):
@@ -301,6 +304,13 @@ class Store:
             conflicts.extend(clashing)
             duplicates += len(new.rows) - inserted - len(clashing)
         return AddResult(loaded=inserted, duplicates=duplicates, conflicts=tuple(conflicts))
+
+    def _note_endpoints(self, conn: Connection, batch_id: int, endpoints: set[str]) -> None:
+        """Remember which endpoints the batch's jobs go to (`batch_endpoints`)."""
+        mark = self._mark
+        conn.exec_driver_sql(
+            f"INSERT INTO batch_endpoints (batch_id, endpoint) VALUES ({int(batch_id)}, {mark}) "
+            "ON CONFLICT (batch_id, endpoint) DO NOTHING", [(endpoint,) for endpoint in sorted(endpoints)])
 
     @property
     def _mark(self) -> str:
@@ -379,7 +389,8 @@ class Store:
             .where(jobs.c.id.in_(due.scalar_subquery()))
             .values(state=RUNNING, lease_owner=owner, lease_expires=now + lease_seconds)
             .returning(jobs.c.id, jobs.c.batch_id, jobs.c.custom_id, jobs.c.body, jobs.c.model,
-                       jobs.c.prompt_chars, jobs.c.max_tokens, jobs.c.attempts, jobs.c.transient_since)
+                       jobs.c.input_tokens, jobs.c.max_tokens, jobs.c.attempts, jobs.c.transient_since,
+                       jobs.c.endpoint)
         )
         with self._write() as conn:
             claimed = [ClaimedJob(*row) for row in conn.execute(stmt)]
@@ -696,7 +707,7 @@ class Store:
                    jobs.c.attempts, jobs.c.key_id, jobs.c.status_code, jobs.c.request_id, jobs.c.response,
                    jobs.c.error_code, jobs.c.error_message, jobs.c.finish_reason, jobs.c.model_sent,
                    jobs.c.fallback_reason, jobs.c.cost, jobs.c.prompt_tokens, jobs.c.completion_tokens,
-                   jobs.c.total_tokens, jobs.c.dropped_parameters)
+                   jobs.c.total_tokens, jobs.c.dropped_parameters, jobs.c.endpoint)
         last = (-1, -1)
         while True:
             query = select(jobs.c.batch_id, *columns).where(jobs.c.state.in_(states))
@@ -719,7 +730,8 @@ class Store:
         last = -1
         while True:
             query = (select(jobs.c.id, jobs.c.batch_id, jobs.c.custom_id, jobs.c.body, jobs.c.model,
-                            jobs.c.prompt_chars, jobs.c.max_tokens, jobs.c.attempts)
+                            jobs.c.input_tokens, jobs.c.max_tokens, jobs.c.attempts, jobs.c.transient_since,
+                            jobs.c.endpoint)
                      .where(jobs.c.state.in_((QUEUED, RUNNING)), jobs.c.id > last)
                      .order_by(jobs.c.id).limit(chunk))
             if batch_id is not None:
@@ -729,7 +741,7 @@ class Store:
             if not rows:
                 return
             for row in rows:
-                yield ClaimedJob(*row)
+                yield ClaimedJob(*row)  # type: ignore[call-arg]
             last = rows[-1][0]
 
     def progress(self, batch_id: int | None = None) -> tuple[int, int]:

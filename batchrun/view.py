@@ -19,7 +19,7 @@ from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
 from batchrun.errors import StoreError
-from batchrun.records import BatchCounts, KeyRecord, RunnerActivity, RunnerRecord, UsageRow
+from batchrun.records import BatchCounts, EndpointCounts, KeyRecord, RunnerActivity, RunnerRecord, UsageRow
 from batchrun.revision import SCHEMA_REVISION
 
 #: runs one statement (with `?` placeholders) and returns its rows
@@ -81,11 +81,21 @@ class QueueView:
                     "GROUP BY batch_id, error_code HAVING sum(jobs) <> 0", params):
                 by_code = tally.setdefault(int(bid), _empty_tally())["failed_by_code"]
                 by_code[code or "unknown"] = by_code.get(code or "unknown", 0) + int(count)
-        result = []
-        for bid in [batch_id] if batch_id is not None else list(names):
-            entry = tally.get(bid, _empty_tally())
-            result.append(BatchCounts(name=names.get(bid, str(bid)), total=sum(entry[s] for s in JOB_STATES),
-                                      **entry))
+            endpoints: dict[int, list[str]] = {}
+            for bid, endpoint in query(f"SELECT batch_id, endpoint FROM batch_endpoints WHERE 1 = 1{scope} "
+                                       "ORDER BY batch_id, endpoint", params):
+                endpoints.setdefault(int(bid), []).append(endpoint)
+            result = []
+            for bid in [batch_id] if batch_id is not None else list(names):
+                entry = tally.get(bid, _empty_tally())
+                total = sum(entry[s] for s in JOB_STATES)
+                mine = endpoints.get(bid, [])
+                if len(mine) == 1:
+                    entry["endpoints"] = (_endpoint_counts(mine[0], entry, (
+                        entry["prompt_tokens"], entry["completion_tokens"], entry["total_tokens"])),)
+                elif mine:
+                    entry["endpoints"] = _by_endpoint(query, bid)
+                result.append(BatchCounts(name=names.get(bid, str(bid)), total=total, **entry))
         return result
 
     def usage(self, by: str, batch_id: int | None = None) -> list[UsageRow]:
@@ -143,6 +153,29 @@ def _live_runners(query: Query, stale_after: float, now: float) -> list[RunnerRe
     return [RunnerRecord(*row) for row in query(
         f"SELECT {_RUNNER} FROM runners WHERE ended_at IS NULL AND heartbeat_at >= ? ORDER BY id",
         (now - stale_after,))]
+
+
+def _by_endpoint(query: Query, batch_id: int) -> tuple[EndpointCounts, ...]:
+    """A batch of several endpoints, broken down: the one count that scans the batch's jobs (a batch of
+    one endpoint is its own breakdown), so only mixed batches pay for it."""
+    found: dict[str, dict[str, Any]] = {}
+    for endpoint, state, count, prompt, completion, total, cost in query(
+            "SELECT endpoint, state, count(*), sum(COALESCE(prompt_tokens, 0)), sum(COALESCE(completion_tokens, 0)), "
+            "sum(COALESCE(total_tokens, 0)), sum(COALESCE(cost, 0.0)) FROM jobs WHERE batch_id = ? "
+            "GROUP BY endpoint, state", (batch_id,)):
+        entry = found.setdefault(endpoint, {"tokens": [0, 0, 0], "cost": 0.0, **{s: 0 for s in JOB_STATES}})
+        if state in JOB_STATES:
+            entry[state] += int(count)
+        entry["tokens"] = [a + int(b) for a, b in zip(entry["tokens"], (prompt, completion, total))]
+        entry["cost"] += float(cost)
+    return tuple(_endpoint_counts(endpoint, e, e["tokens"]) for endpoint, e in sorted(found.items()))
+
+
+def _endpoint_counts(endpoint: str, entry: dict[str, Any], tokens: Sequence[int]) -> EndpointCounts:
+    return EndpointCounts(endpoint=endpoint, total=sum(entry[s] for s in JOB_STATES), queued=entry["queued"],
+                          running=entry["running"], succeeded=entry["succeeded"], failed=entry["failed"],
+                          cancelled=entry["cancelled"], prompt_tokens=tokens[0], completion_tokens=tokens[1],
+                          total_tokens=tokens[2], cost=entry["cost"])
 
 
 def _empty_tally() -> dict[str, Any]:

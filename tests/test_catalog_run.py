@@ -177,10 +177,10 @@ def test_estimate_on_10000_jobs_sends_no_completion(cli: Cli, sim: RunningSimula
     assert sim.state.snapshot()["requests_total"] == 0 and sim.state.snapshot()["models_requests"] == 1
     out = result.stdout.replace(",", "")
     assert "6000" in out and "4000" in out and "sim-small" in out
-    fast_line = next(line for line in out.splitlines() if line.lstrip().startswith("fast"))
+    fast_line = next(line for line in out.splitlines() if line.split()[1:2] == ["fast"])
     # 6000 jobs × 100 max_tokens of completion; cost from sim-small's prices
-    assert fast_line.split()[2:] == ["6000", "36000", "600000", "0.2436"]  # 36000×$0.1/M + 600000×$0.4/M
-    assert "unknown" in next(line for line in out.splitlines() if line.lstrip().startswith("sim-mini"))
+    assert fast_line.split()[3:] == ["6000", "36000", "600000", "0.2436"]  # 36000×$0.1/M + 600000×$0.4/M
+    assert "unknown" in next(line for line in out.splitlines() if line.split()[1:2] == ["sim-mini"])
 
 
 def test_submit_estimate_uses_the_stored_catalogue_when_no_provider_is_configured(

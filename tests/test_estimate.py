@@ -30,15 +30,16 @@ MINI_PARAMS = ("max_tokens", "temperature")
 class Job:
     model: str
     body: str
-    prompt_chars: int
+    input_tokens: int
     max_tokens: int | None
+    endpoint: str = "/v1/chat/completions"
 
 
 def job(model: str, prompt_chars: int, max_tokens: int | None = None, **params: object) -> Job:
     body = {"model": model, "messages": [{"role": "user", "content": "x" * prompt_chars}], **params}
     if max_tokens is not None:
         body["max_tokens"] = max_tokens
-    return Job(model, orjson.dumps(body).decode(), prompt_chars, max_tokens)
+    return Job(model, orjson.dumps(body).decode(), -(-prompt_chars // 4), max_tokens)
 
 
 def catalog() -> Catalog:
@@ -75,10 +76,10 @@ def test_estimate_sums_tokens_and_costs_per_model_sent() -> None:
     # sim-small: 100, 256 assumed                                -> 100 × 0.1e-6 + 256 × 0.4e-6  = 112.4e-6
     assert [m.model for m in e.models] == ["fast", "reasoning", "sim-mini", "sim-small"]
     fast, reasoning, mini, small = e.models
-    assert replace(fast, cost=None) == ModelEstimate("fast", "sim-small", 2, 102, 150, 0, None)
-    assert replace(reasoning, cost=None) == ModelEstimate("reasoning", "sim-large", 1, 250, 1000, 0, None)
-    assert mini == ModelEstimate("sim-mini", "sim-mini", 1, 2, 10, 0, None)
-    assert replace(small, cost=None) == ModelEstimate("sim-small", "sim-small", 1, 100, 256, 1, None)
+    assert replace(fast, cost=None) == ModelEstimate("chat", "fast", "sim-small", 2, 102, 150, 0, None)
+    assert replace(reasoning, cost=None) == ModelEstimate("chat", "reasoning", "sim-large", 1, 250, 1000, 0, None)
+    assert mini == ModelEstimate("chat", "sim-mini", "sim-mini", 1, 2, 10, 0, None)
+    assert replace(small, cost=None) == ModelEstimate("chat", "sim-small", "sim-small", 1, 100, 256, 1, None)
     assert fast.cost == pytest.approx(70.2e-6, rel=1e-12)
     assert reasoning.cost == pytest.approx(4250e-6, rel=1e-12)
     assert small.cost == pytest.approx(112.4e-6, rel=1e-12)
@@ -94,7 +95,7 @@ def test_examples_are_the_messages_prepare_gives() -> None:
     e = estimate(JOBS, catalog(), FALLBACKS)
     expected: dict[str, str] = {}
     for j in JOBS:
-        outcome = prepare(j.model, j.body, j.prompt_chars, j.max_tokens, catalog(), FALLBACKS)
+        outcome = prepare(j.model, j.body, j.input_tokens, j.max_tokens, catalog(), FALLBACKS)
         if isinstance(outcome, Refused):
             expected.setdefault(outcome.code, outcome.message)
     assert dict(e.examples) == expected
@@ -156,13 +157,13 @@ def test_estimate_lines_show_the_table_refusals_fallbacks_and_total() -> None:
     lines = estimate_lines(estimate(JOBS, catalog(), FALLBACKS))
     text = "\n".join(lines)
     header = lines[0]
-    for column in ("model", "served by", "requests", "prompt tokens", "completion tokens", "cost (USD)"):
+    for column in ("endpoint", "model", "served by", "requests", "prompt tokens", "completion tokens", "cost (USD)"):
         assert column in header
-    rows = {line.split()[0]: line.split() for line in lines[2:6]}
-    assert rows["fast"] == ["fast", "sim-small", "2", "102", "150", "0.0001"]
-    assert rows["reasoning"] == ["reasoning", "sim-large", "1", "250", "1,000", "0.0043"]
-    assert rows["sim-mini"] == ["sim-mini", "sim-mini", "1", "2", "10", "unknown"]
-    assert rows["sim-small"] == ["sim-small", "sim-small", "1", "100", "256*", "0.0001"]
+    rows = {line.split()[1]: line.split() for line in lines[2:6]}
+    assert rows["fast"] == ["chat", "fast", "sim-small", "2", "102", "150", "0.0001"]
+    assert rows["reasoning"] == ["chat", "reasoning", "sim-large", "1", "250", "1,000", "0.0043"]
+    assert rows["sim-mini"] == ["chat", "sim-mini", "sim-mini", "1", "2", "10", "unknown"]
+    assert rows["sim-small"] == ["chat", "sim-small", "sim-small", "1", "100", "256*", "0.0001"]
     assert "* includes 1 job without max_tokens, counted as 256 completion tokens each" in text
     assert "Would be refused before sending: 3 jobs" in text
     for code in (CONTEXT_LENGTH_EXCEEDED, MODEL_NOT_FOUND, UNSUPPORTED_PARAMETER):

@@ -62,7 +62,7 @@ def test_batch_form_gives_a_job_with_its_custom_id_and_body() -> None:
     assert job.model == "fast"
     assert orjson.loads(job.body_json) == body
     assert job.body_hash == hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).hexdigest()
-    assert job.prompt_chars == len("Be brief") + len("Say hi")
+    assert job.input_tokens == -(-(len("Be brief") + len("Say hi")) // 4)  # ASCII: 4 characters a token
     assert job.max_tokens == 64
 
 
@@ -121,7 +121,7 @@ def test_explicit_custom_id_does_not_change_the_hash() -> None:
 
 def test_a_parsed_job_is_an_immutable_job_spec() -> None:
     job = parsed_job(bare(custom_id="q-1", max_tokens=8), line=2)
-    expected = JobSpec(2, "q-1", "fast", job.body_json, job.body_hash, len("Say hi"), 8)
+    expected = JobSpec(2, "q-1", "fast", job.body_json, job.body_hash, 2, 8, "/v1/chat/completions")
 
     assert type(job) is JobSpec
     assert job == expected and hash(job) == hash(expected)
@@ -129,20 +129,20 @@ def test_a_parsed_job_is_an_immutable_job_spec() -> None:
         job.line = 3  # type: ignore[misc]
 
 
-def test_prompt_chars_counts_text_parts_only() -> None:
+def test_input_tokens_count_text_parts_only() -> None:
     content = [
         {"type": "text", "text": "abc"},
         {"type": "image_url", "image_url": {"url": "https://example.com/cat.png"}},
         {"type": "text", "text": "de"},
     ]
 
-    assert parsed_job(with_messages({"role": "user", "content": content})).prompt_chars == 5
+    assert parsed_job(with_messages({"role": "user", "content": content})).input_tokens == 2  # "abc" + "de": 5 characters
 
 
 def test_a_list_content_with_only_an_image_is_not_empty() -> None:
     image = {"type": "image_url", "image_url": {"url": "https://example.com/cat.png"}}
 
-    assert parsed_job(with_messages({"role": "user", "content": [image]})).prompt_chars == 0
+    assert parsed_job(with_messages({"role": "user", "content": [image]})).input_tokens == 0
 
 
 @pytest.mark.parametrize(
@@ -156,13 +156,13 @@ def test_a_list_content_with_only_an_image_is_not_empty() -> None:
 def test_an_assistant_message_with_tool_calls_may_have_no_content(assistant: dict[str, Any]) -> None:
     tool = {"role": "tool", "tool_call_id": "c1", "content": "42"}
 
-    assert parsed_job(with_messages(USER, assistant, tool)).prompt_chars == len("Say hi") + 2
+    assert parsed_job(with_messages(USER, assistant, tool)).input_tokens == 2  # "Say hi" + "42"
 
 
 def test_system_and_developer_messages_may_come_before_the_first_user_message() -> None:
     messages = [{"role": "system", "content": "s"}, {"role": "developer", "content": "d"}, USER]
 
-    assert parsed_job(with_messages(*messages)).prompt_chars == 2 + len("Say hi")
+    assert parsed_job(with_messages(*messages)).input_tokens == 2  # "s" + "d" + "Say hi"
 
 
 def test_max_completion_tokens_is_the_cap_when_max_tokens_is_absent() -> None:
@@ -308,8 +308,8 @@ def test_a_long_value_is_shortened_in_the_reason() -> None:
     bad = parsed_bad(batch(BODY, url="/" + "x" * 500))
 
     assert bad.field == "url"
-    assert len(bad.reason) < 120
-    assert "..." in bad.reason
+    assert len(bad.reason) < 200  # the value shown takes 40 characters, the endpoints batchrun sends the rest
+    assert "x" * 50 not in bad.reason and "..." in bad.reason
 
 
 def test_the_first_problem_of_a_line_is_reported() -> None:
@@ -451,3 +451,62 @@ def test_open_job_file_dash_is_stdin_and_is_left_open(monkeypatch: pytest.Monkey
 )
 def test_batch_name_for(path: str, name: str) -> None:
     assert batch_name_for(path) == name
+
+
+# -- endpoints ---------------------------------------------------------------------------------------------
+
+
+def test_each_batch_line_goes_to_the_endpoint_its_url_names() -> None:
+    lines = {
+        "/v1/chat/completions": BODY,
+        "/v1/embeddings": {"model": "embed", "input": ["one", "two"]},
+        "/v1/completions": {"model": "fast", "prompt": "Once upon", "max_tokens": 7},
+        "/v1/responses": {"model": "fast", "input": "Say hi", "max_output_tokens": 9},
+        "/v1/moderations": {"input": "is this fine?"},
+    }
+    jobs = {url: parsed_job(batch(body, url=url)) for url, body in lines.items()}
+    assert {url: job.endpoint for url, job in jobs.items()} == {url: url for url in lines}
+    assert jobs["/v1/embeddings"].max_tokens is None
+    assert jobs["/v1/completions"].max_tokens == 7
+    assert jobs["/v1/responses"].max_tokens == 9
+    assert jobs["/v1/moderations"].model == ""  # the provider picks its moderation model
+    assert jobs["/v1/embeddings"].input_tokens == 2  # "one" + "two": 6 characters
+
+
+def test_a_bare_line_is_chat_unless_the_caller_names_the_endpoint() -> None:
+    from batchrun.endpoints.embeddings import EMBEDDINGS
+
+    embedding = line_of({"model": "embed", "input": "hello"})
+    assert parse_line(embedding, 1, EMBEDDINGS).endpoint == "/v1/embeddings"  # type: ignore[union-attr]
+    as_chat = parsed_bad(embedding)
+    assert (as_chat.field, as_chat.reason) == ("messages", "missing messages")
+
+
+def test_the_same_body_at_another_endpoint_is_another_job() -> None:
+    body = {"model": "m", "input": "hello"}
+    embedding = parsed_job(batch(body, url="/v1/embeddings", custom_id=None) .replace(b'"custom_id":null,', b""))
+    moderation = parsed_job(batch(body, url="/v1/moderations", custom_id=None).replace(b'"custom_id":null,', b""))
+    assert embedding.body_hash != moderation.body_hash
+    assert embedding.custom_id != moderation.custom_id
+    # chat keeps the hash of its body alone, so queues from before endpoints stay idempotent
+    chat = parsed_job(bare())
+    assert chat.body_hash == hashlib.sha256(orjson.dumps(BODY, option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+
+@pytest.mark.parametrize(("url", "body", "field", "reason"), [
+    ("/v1/embeddings", {"model": "e", "input": ["a", ""]}, "body.input[1]", "empty input"),
+    ("/v1/embeddings", {"model": "e"}, "body.input", "missing input"),
+    ("/v1/completions", {"model": "m"}, "body.prompt", "missing prompt"),
+    ("/v1/responses", {"model": "m", "input": []}, "body.input", "empty input"),
+    ("/v1/moderations", {"model": "m", "input": 5}, "body.input", "input must be a string or a list of strings"),
+    ("/v1/embeddings", {"input": "x"}, "body.model", "missing model"),
+    ("/v1/images/generations", {"model": "m", "prompt": "a cat"}, "url",
+     "unsupported url '/v1/images/generations' (expected one of: '/v1/chat/completions', '/v1/embeddings', "
+     "'/v1/completions', '/v1/responses', '/v1/moderations')"),
+])
+def test_each_endpoint_names_what_is_wrong_with_its_body(url: str, body: dict[str, Any], field: str,
+                                                         reason: str) -> None:
+    problem = parsed_bad(batch(body, url=url), line=12)
+    assert problem.field == field
+    assert reason in problem.reason
+    assert problem.format("corpus.jsonl").startswith(f"corpus.jsonl:12: {field}: ")

@@ -1,4 +1,5 @@
-"""The quick checks of `jobfile` (the usual envelope, a conversation of plain messages) accept exactly what
+"""The quick checks of `jobfile` (the usual envelope) and of `endpoints.chat` (a conversation of plain
+messages) accept exactly what
 the thorough validators accept, with the same result, and leave everything else to them: compared on
 many random envelopes and conversations, good and bad."""
 
@@ -11,9 +12,10 @@ from typing import Any
 import pytest
 
 from batchrun import jobfile
-from batchrun.jobfile import CHAT_COMPLETIONS_URL
+from batchrun.endpoints import CHAT, chat
+from batchrun.endpoints.base import MISSING, InvalidField
 
-MISSING = jobfile._MISSING
+CHAT_COMPLETIONS_URL = CHAT.url
 
 ROLES = ["system", "developer", "user", "assistant", "tool", "function", "bot", "", "User", 3, None, MISSING]
 CONTENTS = ["hi", "  ", "", "\n", None, 7, MISSING, [], [{"type": "text", "text": "x"}],
@@ -23,7 +25,7 @@ CONTENTS = ["hi", "  ", "", "\n", None, 7, MISSING, [], [{"type": "text", "text"
 def outcome(check: Any, value: Any) -> Any:
     try:
         return ("ok", check(value))
-    except jobfile._Invalid as bad:
+    except InvalidField as bad:
         return ("invalid", bad.field, bad.reason)
 
 
@@ -54,7 +56,7 @@ def random_envelope(rng: random.Random) -> dict[str, Any]:
     values = {
         "custom_id": ["a", "", 5, None],
         "method": ["POST", "post", "GET", 1, None],
-        "url": [CHAT_COMPLETIONS_URL, "/v1/embeddings", None],
+        "url": [CHAT_COMPLETIONS_URL, "/v1/embeddings", "/v1/nope", None],
         "body": [{"model": "m"}, [], "x", None],
         "extra": [1],
     }
@@ -67,7 +69,7 @@ def random_envelope(rng: random.Random) -> dict[str, Any]:
 
 @pytest.mark.parametrize("seed", range(4))
 @pytest.mark.parametrize(("generate", "quick", "thorough"), [
-    (random_conversation, jobfile._check_messages, jobfile._check_conversation),
+    (random_conversation, chat.check_messages, chat._check_conversation),
     (random_envelope, jobfile._unwrap_batch_line, jobfile._check_envelope),
 ], ids=["conversation", "envelope"])
 def test_the_quick_check_agrees_with_the_thorough_one(seed: int, generate: Callable[[random.Random], Any],

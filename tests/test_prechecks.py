@@ -22,18 +22,17 @@ from batchrun.prechecks import (
     Fallbacks,
     Prepared,
     Refused,
-    estimate_prompt_tokens,
     prepare,
 )
-from batchrun.simulator_catalog import (
+from batchrun.simulator.catalog import (
     DEFAULT_SUPPORTED_PARAMETERS,
     ModelSpec,
     catalogue_entries,
-    check_request,
     default_aliases,
     default_models,
     resolve_model,
 )
+from batchrun.simulator.chat import check_request
 
 PARAMS = ("max_tokens", "temperature", "top_p", "stop", "seed", "response_format", "tools", "tool_choice")
 MINI_PARAMS = ("max_tokens", "temperature", "top_p", "stop", "seed")
@@ -66,12 +65,12 @@ def cap(name: str, value: int) -> dict[str, Any]:
     return {name: value}
 
 
-def run(model: str, body: str | None = None, prompt_chars: int | None = None, max_tokens: int | None = None,
+def run(model: str, body: str | None = None, input_tokens: int | None = None, max_tokens: int | None = None,
         cat: Catalog | None = None, **kwargs: Any) -> Prepared | Refused:
     body = body if body is not None else body_of(model)
-    if prompt_chars is None:
-        prompt_chars = sum(len(m["content"]) for m in json.loads(body)["messages"])
-    return prepare(model, body, prompt_chars, max_tokens, cat if cat is not None else catalog(), **kwargs)
+    if input_tokens is None:
+        input_tokens = -(-sum(len(m["content"]) for m in json.loads(body)["messages"]) // 4)
+    return prepare(model, body, input_tokens, max_tokens, cat if cat is not None else catalog(), **kwargs)
 
 
 def sent(result: Prepared | Refused) -> Prepared:
@@ -226,21 +225,18 @@ def test_checks_apply_to_the_fallback_model() -> None:
 # --- a) the context window --------------------------------------------------------------------------------
 
 
-def test_context_check_counts_prompt_chars_over_four_rounded_up_plus_max_tokens() -> None:
-    # sim-mini: 2048 tokens. 4001 chars -> 1001 prompt tokens (rounded up).
-    assert estimate_prompt_tokens(4001) == 1001
-    assert estimate_prompt_tokens(4000) == 1000
-    assert estimate_prompt_tokens(0) == 0
+def test_context_check_counts_the_input_tokens_plus_max_tokens() -> None:
+    # sim-mini: 2048 tokens.
     body = body_of("sim-mini", max_tokens=1047)
-    sent(run("sim-mini", body, prompt_chars=4001, max_tokens=1047))  # 1001 + 1047 = 2048: fits exactly
-    result = refused(run("sim-mini", body, prompt_chars=4001, max_tokens=1048), CONTEXT_LENGTH_EXCEEDED)
+    sent(run("sim-mini", body, input_tokens=1001, max_tokens=1047))  # 1001 + 1047 = 2048: fits exactly
+    result = refused(run("sim-mini", body, input_tokens=1001, max_tokens=1048), CONTEXT_LENGTH_EXCEEDED)
     assert "about 1001 prompt tokens + 1048 max_tokens > the context window of sim-mini (2048 tokens)" \
         in result.message
     assert "max_tokens" in result.message
 
 
 def test_context_check_names_the_alias_and_its_target() -> None:
-    result = refused(run("fast", prompt_chars=40_000), CONTEXT_LENGTH_EXCEEDED)
+    result = refused(run("fast", input_tokens=10_000), CONTEXT_LENGTH_EXCEEDED)
     assert "10000 prompt tokens + 0 max_tokens > the context window of sim-small (8192 tokens)" in result.message
     assert "fast" in result.message
 
@@ -248,33 +244,33 @@ def test_context_check_names_the_alias_and_its_target() -> None:
 def test_context_budget_comes_from_the_body_when_the_argument_is_none() -> None:
     for name in ("max_tokens", "max_completion_tokens"):
         body = body_of("sim-small", **cap(name, 8000))
-        result = refused(run("sim-small", body, prompt_chars=800), CONTEXT_LENGTH_EXCEEDED)
+        result = refused(run("sim-small", body, input_tokens=200), CONTEXT_LENGTH_EXCEEDED)
         assert "200 prompt tokens + 8000 max_tokens" in result.message
     # the same on a model whose only metadata is its context window (the no-parse path)
     cat = Catalog([ModelInfo("ctx-only", context_length=1000)])
     body = body_of("ctx-only", max_completion_tokens=900)
-    assert refused(run("ctx-only", body, prompt_chars=800, cat=cat), CONTEXT_LENGTH_EXCEEDED)
-    assert sent(run("ctx-only", body_of("ctx-only"), prompt_chars=800, cat=cat))
+    assert refused(run("ctx-only", body, input_tokens=200, cat=cat), CONTEXT_LENGTH_EXCEEDED)
+    assert sent(run("ctx-only", body_of("ctx-only"), input_tokens=200, cat=cat))
     # max_completion_tokens before max_tokens
     both = body_of("ctx-only", max_tokens=10, max_completion_tokens=900)
-    refused(run("ctx-only", both, prompt_chars=800, cat=cat), CONTEXT_LENGTH_EXCEEDED)
+    refused(run("ctx-only", both, input_tokens=200, cat=cat), CONTEXT_LENGTH_EXCEEDED)
 
 
 def test_the_max_tokens_argument_overrides_the_body() -> None:
     body = body_of("sim-small", max_tokens=8000)
-    assert sent(run("sim-small", body, prompt_chars=800, max_tokens=100)).body == body.encode()
+    assert sent(run("sim-small", body, input_tokens=200, max_tokens=100)).body == body.encode()
 
 
 def test_context_check_comes_before_the_parameter_checks() -> None:
     body = body_of("sim-mini", tools=[])
-    refused(run("sim-mini", body, prompt_chars=10_000, max_tokens=1), CONTEXT_LENGTH_EXCEEDED)
+    refused(run("sim-mini", body, input_tokens=2_500, max_tokens=1), CONTEXT_LENGTH_EXCEEDED)
 
 
 def test_dropping_the_completion_cap_leaves_only_the_prompt_to_fit() -> None:
     cat = Catalog([ModelInfo("nocap", context_length=1000, supported_parameters=("temperature",))])
     body = body_of("nocap", max_tokens=5000)
-    refused(run("nocap", body, prompt_chars=400, max_tokens=5000, cat=cat), CONTEXT_LENGTH_EXCEEDED)
-    result = sent(run("nocap", body, prompt_chars=400, max_tokens=5000, cat=cat, drop_unsupported=True))
+    refused(run("nocap", body, input_tokens=100, max_tokens=5000, cat=cat), CONTEXT_LENGTH_EXCEEDED)
+    result = sent(run("nocap", body, input_tokens=100, max_tokens=5000, cat=cat, drop_unsupported=True))
     assert result.dropped == ("max_tokens",)
     assert "max_tokens" not in json.loads(result.body)
 
@@ -357,7 +353,7 @@ def test_response_format_unlisted_and_incapable_is_an_unsupported_parameter_drop
 
 def test_missing_metadata_skips_every_check() -> None:
     body = body_of("sim-bare", tools=[], response_format={"type": "json_schema"}, whatever=1)
-    result = sent(run("sim-bare", body, prompt_chars=10**8, max_tokens=10**8))
+    result = sent(run("sim-bare", body, input_tokens=10**8, max_tokens=10**8))
     assert result == Prepared(body.encode(), "sim-bare", None, ())
 
 
@@ -368,14 +364,14 @@ def test_each_piece_of_metadata_is_checked_on_its_own() -> None:
         ModelInfo("fmt", response_format=False),
     ])
     big = 10_000
-    refused(run("ctx", body_of("ctx", tools=[], response_format={"type": "json_object"}), prompt_chars=big,
+    refused(run("ctx", body_of("ctx", tools=[], response_format={"type": "json_object"}), input_tokens=big,
                 cat=cat), CONTEXT_LENGTH_EXCEEDED)
     sent(run("ctx", body_of("ctx", tools=[], response_format={"type": "json_object"}), cat=cat))
-    refused(run("params", body_of("params", tools=[]), prompt_chars=big, cat=cat), UNSUPPORTED_PARAMETER)
-    sent(run("params", body_of("params", temperature=1), prompt_chars=big, max_tokens=big, cat=cat))
+    refused(run("params", body_of("params", tools=[]), input_tokens=big, cat=cat), UNSUPPORTED_PARAMETER)
+    sent(run("params", body_of("params", temperature=1), input_tokens=big, max_tokens=big, cat=cat))
     refused(run("fmt", body_of("fmt", response_format={"type": "json_object"}), cat=cat),
             RESPONSE_FORMAT_UNSUPPORTED)
-    sent(run("fmt", body_of("fmt", tools=[]), prompt_chars=big, max_tokens=big, cat=cat))
+    sent(run("fmt", body_of("fmt", tools=[]), input_tokens=big, max_tokens=big, cat=cat))
 
 
 # --- bodies that are not JSON objects ------------------------------------------------------------------
@@ -383,9 +379,9 @@ def test_each_piece_of_metadata_is_checked_on_its_own() -> None:
 
 @pytest.mark.parametrize("body", ['["model", "sim-mini"]', "not json", '"sim-mini"', "{"])
 def test_a_body_that_is_not_a_json_object_is_sent_as_is(body: str) -> None:
-    assert sent(run("sim-mini", body, prompt_chars=4)) == Prepared(body.encode(), "sim-mini", None, ())
+    assert sent(run("sim-mini", body, input_tokens=1)) == Prepared(body.encode(), "sim-mini", None, ())
     # even when a fallback would be due: there is no model field to change
-    assert sent(run("sim-old", body, prompt_chars=4, fallbacks=Fallbacks(run=("tiny",)))).body == body.encode()
+    assert sent(run("sim-old", body, input_tokens=1, fallbacks=Fallbacks(run=("tiny",)))).body == body.encode()
 
 
 # --- agreement with the simulator ------------------------------------------------------------------------
@@ -412,7 +408,7 @@ def test_prepare_refuses_exactly_what_the_simulator_refuses(model: str, extra: d
     spec = resolve_model(model, models, aliases)
     assert spec is not None
     simulator = check_request(spec, raw)
-    ours = prepare(model, orjson.dumps(raw).decode(), chars, extra.get("max_tokens"), cat)
+    ours = prepare(model, orjson.dumps(raw).decode(), -(-chars // 4), extra.get("max_tokens"), cat)
     assert isinstance(ours, Refused) == (simulator is not None), (ours, simulator)
     if simulator is not None and isinstance(ours, Refused) and chars == 10:  # one reason at most
         assert ours.code == {"unsupported_response_format": RESPONSE_FORMAT_UNSUPPORTED}.get(

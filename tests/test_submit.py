@@ -21,7 +21,7 @@ BAD_LINES = [
     ("{not json", None, "JSON"),
     ('["a", "list"]', None, "object"),
     (line({"custom_id": "m1", "method": "GET", "url": "/v1/chat/completions", "body": GOOD}), "method", ""),
-    (line({"custom_id": "u1", "method": "POST", "url": "/v1/embeddings", "body": GOOD}), "url", ""),
+    (line({"custom_id": "u1", "method": "POST", "url": "/v1/images/generations", "body": GOOD}), "url", ""),
     (line({"custom_id": "nm", "messages": [{"role": "user", "content": "x"}]}), "model", ""),
     (line({"custom_id": "nmsg", "model": "fast"}), "messages", ""),
     (line({"custom_id": "emsg", "model": "fast", "messages": []}), "messages", "empty"),
@@ -143,9 +143,9 @@ def test_resubmitting_skips_clean_chunks_without_parsing_and_reports_bad_lines_a
     parsed: list[int] = []
     real_parse = LineChunk.parse
 
-    def counting_parse(self: LineChunk):  # type: ignore[no-untyped-def]
+    def counting_parse(self: LineChunk, *args):  # type: ignore[no-untyped-def]
         parsed.append(self.first_line)
-        return real_parse(self)
+        return real_parse(self, *args)
 
     monkeypatch.setattr(LineChunk, "parse", counting_parse)
     path = tmp_path / "grow.jsonl"
