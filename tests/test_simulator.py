@@ -92,7 +92,7 @@ async def test_models_lists_catalogue_with_metadata_and_aliases() -> None:
         assert sim.state.models_requests == 1
     assert listing["object"] == "list"
     entries = {entry["id"]: entry for entry in listing["data"]}
-    assert set(entries) == {"sim-small", "sim-large", "sim-mini", "fast", "reasoning"}
+    assert set(entries) == {"sim-small", "sim-large", "sim-mini", "sim-embed", "sim-moderation", "fast", "reasoning", "embed"}
     small = entries["sim-small"]
     assert small["object"] == "model" and small["owned_by"] == "batchrun-simulator"
     assert small["context_length"] == 8192

@@ -5,53 +5,74 @@ and benchmarks have a provider that misbehaves on demand, exactly the way the pr
 real ones do: 401 for missing, malformed, revoked or expired keys; 402 for a spent key or org
 budget; 403 for a model a key may not use; 429 with `Retry-After` on per-key sliding windows of
 requests and of tokens, and random 429s no client rate causes (an overloaded model); 400/404 for
-unknown models; 422 with a FastAPI `detail`; 503 when no node is free; dropped connections; and a
-`request_id` on every success.
+unknown models and 400 for a model of the wrong kind; 422 with a FastAPI `detail`; 503 when no node
+is free; dropped connections; and a `request_id` on every success. It serves
 
-One module per concern:
+    POST /v1/chat/completions  POST /v1/completions  POST /v1/responses
+    POST /v1/embeddings        POST /v1/moderations   GET  /v1/models
 
-    config.py      SimulatorConfig and the live changes of POST /_sim/config
-    catalog.py     ModelSpec, the default models and aliases, GET /v1/models, resolve_model
-    state.py       the counters (SimulatorState, SlidingWindow) behind GET /_sim/stats
-    usage.py       token billing, with batchrun's one estimate (batchrun.tokens)
-    endpoint.py    what an endpoint module gives the gateway; the validators' shared pieces
-    gateway.py     the checks every endpoint shares: keys, budgets, limits, faults, latency
-    chat.py        POST /v1/chat/completions
-    app.py         the routes, create_app, running_simulator, SimulatorThread, serve
-    cli.py         `batchrun simulate`
+and the controls `GET /_sim/stats`, `POST /_sim/config`, `POST /_sim/reset`. One module per concern:
 
-This package re-exports what the rest of batchrun, its tests and its benchmarks import.
+    config.py       SimulatorConfig and the live changes of POST /_sim/config
+    catalog.py      ModelSpec, the default models and aliases, GET /v1/models, resolve_model
+    state.py        the counters (SimulatorState, SlidingWindow) behind GET /_sim/stats
+    usage.py        token billing, with batchrun's one estimate (batchrun.tokens)
+    endpoint.py     what an endpoint module gives the gateway; the validators' shared pieces
+    gateway.py      the checks every endpoint shares: keys, budgets, limits, faults, latency
+    chat.py, completions.py, responses.py, embeddings.py, moderations.py    one per endpoint
+    app.py          the routes, create_app, running_simulator, SimulatorThread, serve
+    cli.py          `batchrun simulate`
+
+The names below are re-exported lazily, so importing `batchrun.simulator.cli` (which every
+`batchrun` command does) does not load aiohttp's server.
 """
 
 from __future__ import annotations
 
-from batchrun.simulator.app import (
-    CONFIG_KEY,
-    STATE_KEY,
-    RunningSimulator,
-    SimulatorThread,
-    create_app,
-    running_simulator,
-    serve,
-)
-from batchrun.simulator.catalog import ModelSpec
-from batchrun.simulator.chat import validate_body
-from batchrun.simulator.config import SimulatorConfig, apply_config_changes
-from batchrun.simulator.state import KeyStats, SimulatorState, SlidingWindow
+import importlib
+from typing import TYPE_CHECKING, Any
 
-__all__ = [
-    "CONFIG_KEY",
-    "STATE_KEY",
-    "KeyStats",
-    "ModelSpec",
-    "RunningSimulator",
-    "SimulatorConfig",
-    "SimulatorState",
-    "SimulatorThread",
-    "SlidingWindow",
-    "apply_config_changes",
-    "create_app",
-    "running_simulator",
-    "serve",
-    "validate_body",
-]
+if TYPE_CHECKING:
+    from batchrun.simulator.app import (
+        CONFIG_KEY,
+        STATE_KEY,
+        RunningSimulator,
+        SimulatorThread,
+        create_app,
+        running_simulator,
+        serve,
+    )
+    from batchrun.simulator.catalog import ModelSpec
+    from batchrun.simulator.chat import validate_body
+    from batchrun.simulator.config import SimulatorConfig, apply_config_changes
+    from batchrun.simulator.embeddings import embedding_for
+    from batchrun.simulator.state import KeyStats, SimulatorState, SlidingWindow
+
+_HOMES = {
+    "CONFIG_KEY": "app",
+    "STATE_KEY": "app",
+    "RunningSimulator": "app",
+    "SimulatorThread": "app",
+    "create_app": "app",
+    "running_simulator": "app",
+    "serve": "app",
+    "ModelSpec": "catalog",
+    "validate_body": "chat",
+    "SimulatorConfig": "config",
+    "apply_config_changes": "config",
+    "embedding_for": "embeddings",
+    "KeyStats": "state",
+    "SimulatorState": "state",
+    "SlidingWindow": "state",
+}
+
+__all__ = sorted(_HOMES)
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{home}"), name)
+    globals()[name] = value  # once looked up, an ordinary attribute
+    return value

@@ -2,6 +2,10 @@
 
     GET  /v1/models              the catalogue (models and aliases), auth required
     POST /v1/chat/completions    chat.py
+    POST /v1/completions         completions.py
+    POST /v1/responses           responses.py
+    POST /v1/embeddings          embeddings.py
+    POST /v1/moderations         moderations.py
     GET  /_sim/stats             the counters (`SimulatorState.snapshot()`) as JSON
     POST /_sim/config            change the configuration of a running simulator
     POST /_sim/reset             zero the counters
@@ -27,9 +31,13 @@ from aiohttp import web
 from batchrun.errors import ConfigError
 from batchrun.simulator.catalog import catalogue_entries
 from batchrun.simulator.chat import CHAT
+from batchrun.simulator.completions import COMPLETIONS
 from batchrun.simulator.config import SimulatorConfig, apply_config_changes
+from batchrun.simulator.embeddings import EMBEDDINGS
 from batchrun.simulator.endpoint import Endpoint
 from batchrun.simulator.gateway import Gateway, Refused, read_json
+from batchrun.simulator.moderations import MODERATIONS
+from batchrun.simulator.responses import RESPONSES
 from batchrun.simulator.state import SimulatorState
 
 __all__ = ["CONFIG_KEY", "ENDPOINTS", "STATE_KEY", "RunningSimulator", "SimulatorThread", "create_app",
@@ -42,7 +50,7 @@ log = logging.getLogger(__name__)
 _SHUTDOWN_TIMEOUT = 0.5
 
 #: the endpoints served under /v1, one module each
-ENDPOINTS: tuple[Endpoint, ...] = (CHAT,)
+ENDPOINTS: tuple[Endpoint, ...] = (CHAT, COMPLETIONS, RESPONSES, EMBEDDINGS, MODERATIONS)
 
 STATE_KEY = web.AppKey("batchrun_simulator_state", SimulatorState)
 CONFIG_KEY = web.AppKey("batchrun_simulator_config", SimulatorConfig)

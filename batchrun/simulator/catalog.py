@@ -33,6 +33,9 @@ DEFAULT_SUPPORTED_PARAMETERS: tuple[str, ...] = (
 )
 
 
+#: what the stock embedding model accepts
+EMBEDDING_PARAMETERS: tuple[str, ...] = ("model", "input", "dimensions", "encoding_format", "user")
+
 #: what a text-generating model serves unless its spec says otherwise
 TEXT_ENDPOINTS: tuple[str, ...] = ("chat", "completions", "responses")
 #: every endpoint the simulator has
@@ -118,7 +121,8 @@ class ModelSpec:
 
 
 def default_models() -> list[ModelSpec]:
-    """The stock catalogue: a cheap model, an expensive one, and a small one that lacks features."""
+    """The stock catalogue: three text models (a cheap one, an expensive one, and a small one that lacks
+    features) serving chat, completions and responses; an embedding model; a moderation model."""
     return [
         ModelSpec("sim-small", context_length=8192, prompt_price=0.10e-6, completion_price=0.40e-6),
         ModelSpec("sim-large", context_length=32768, prompt_price=1.00e-6, completion_price=4.00e-6),
@@ -132,12 +136,28 @@ def default_models() -> list[ModelSpec]:
                 p for p in DEFAULT_SUPPORTED_PARAMETERS if p not in ("response_format", "tools", "tool_choice")
             ],
         ),
+        ModelSpec(
+            "sim-embed",
+            context_length=8192,  # per input
+            supported_parameters=list(EMBEDDING_PARAMETERS),
+            response_format=None,
+            prompt_price=0.02e-6,
+            completion_price=0.0,
+            endpoints=["embeddings"],
+        ),
+        ModelSpec(
+            "sim-moderation",
+            context_length=None,
+            supported_parameters=["model", "input"],
+            response_format=None,
+            endpoints=["moderations"],
+        ),
     ]
 
 
 def default_aliases() -> dict[str, str]:
     """The provider's category aliases; they follow the catalogue as it changes."""
-    return {"fast": "sim-small", "reasoning": "sim-large"}
+    return {"fast": "sim-small", "reasoning": "sim-large", "embed": "sim-embed"}
 
 
 def catalogue_entries(models: Sequence[ModelSpec], aliases: Mapping[str, str]) -> list[dict[str, Any]]:

@@ -23,6 +23,7 @@ from batchrun.simulator.endpoint import (
     detail,
     int_problems,
     model_problems,
+    over_context,
     sampling_problems,
     token_usage,
     too_short,
@@ -93,15 +94,10 @@ def check_request(model: ModelSpec, body: Mapping[str, Any]) -> Refusal | None:
     if refusal is not None:
         return refusal
     if model.context_length is not None:
-        prompt = prompt_tokens(body["messages"])
-        cap = output_cap(body) or 0
-        if prompt + cap > model.context_length:
-            return Refusal(
-                "context_length_exceeded",
-                f"This model's maximum context length is {model.context_length} tokens, but the request "
-                f"asks for {prompt + cap} tokens ({prompt} in the messages + "
-                f"{cap} for max_tokens). Reduce the prompt or max_tokens.",
-            )
+        refusal = over_context(model, prompt_tokens(body["messages"]), "the messages", output_cap(body) or 0,
+                               "max_tokens")
+        if refusal is not None:
+            return refusal
     if model.response_format is False and wants_json(body):
         return Refusal(
             "unsupported_response_format",

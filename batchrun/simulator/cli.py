@@ -60,7 +60,7 @@ def _option(flag: str, **kwargs: Any) -> Callable[[FC], FC]:
     show_default=True,
     help="Port to listen on; 0 picks a free one (the listening line shows which).",
 )
-@_option("--latency", default="0", callback=_duration, help="Time before each completion is answered, e.g. 50ms.")
+@_option("--latency", default="0", callback=_duration, help="Time before each request is answered, e.g. 50ms.")
 @_option("--latency-jitter", default="0", callback=_duration, help="Extra latency, uniform between 0 and this.")
 @_option("--fail-rate", type=click.FloatRange(0, 1), default=0.0, help="Probability of a 503 no_nodes_available.")
 @_option("--reset-rate", type=click.FloatRange(0, 1), default=0.0, help="Probability a connection is dropped.")
@@ -93,13 +93,13 @@ def _option(flag: str, **kwargs: Any) -> Callable[[FC], FC]:
     metavar="KEYID=N",
     multiple=True,
     callback=_budgets,
-    help="The key gets 402 after N successful completions. Repeatable.",
+    help="The key gets 402 after N successful answers (any endpoint). Repeatable.",
 )
 @_option(
     "--org-budget",
     type=click.IntRange(min=0),
     metavar="N",
-    help="Every key gets 402 after N successful completions in total.",
+    help="Every key gets 402 after N successful answers in total.",
 )
 @_option(
     "--unknown-model-status",
@@ -136,9 +136,17 @@ def simulate_command(
 ) -> None:
     """Run an offline OpenAI-compatible provider to rehearse a job file against.
 
-    It serves the models sim-small, sim-large and sim-mini (aliases `fast` and `reasoning`) and
-    answers every completion with `echo: <last user message>`, failing on demand the way real
-    providers do. It prints one line with its base URL, then serves until Ctrl-C or SIGTERM.
+    \b
+    It serves, under <base URL> = http://HOST:PORT/v1:
+      POST /chat/completions  POST /completions  POST /responses
+                              sim-small, sim-large, sim-mini (aliases fast, reasoning);
+                              the answer is `echo: <last user message or prompt>`
+      POST /embeddings        sim-embed (alias embed): one deterministic unit vector per input
+      POST /moderations       sim-moderation: flags a category its input names ("violence")
+      GET  /models            the catalogue
+
+    Every endpoint fails on demand the way real providers do (the options below). It prints one
+    line with its base URL, then serves until Ctrl-C or SIGTERM.
 
     Example, a flaky, rate-limited provider on a free port:
 

@@ -17,7 +17,7 @@ from typing import Any, ClassVar
 from batchrun.simulator.catalog import ModelSpec
 
 __all__ = ["Endpoint", "Plan", "Refusal", "answer_head", "detail", "int_problems", "model_problems",
-           "number_problems", "sampling_problems", "token_usage", "too_short", "unsupported_parameters"]
+           "number_problems", "over_context", "sampling_problems", "token_usage", "too_short", "unsupported_parameters"]
 
 #: the names of a request's output cap; a model listing one of them accepts every one of them
 CAP_NAMES = frozenset({"max_tokens", "max_completion_tokens", "max_output_tokens"})
@@ -114,6 +114,18 @@ def unsupported_parameters(model: ModelSpec, body: Iterable[str], core: Iterable
     return Refusal(
         "unsupported_parameter",
         f"Unsupported parameter {names} for model '{model.id}'; check supported_parameters in GET /v1/models",
+    )
+
+
+def over_context(model: ModelSpec, prompt: int, where: str, cap: int, cap_name: str) -> Refusal | None:
+    """The 400 when `prompt` tokens (in `where`) plus the output cap do not fit the context window."""
+    if model.context_length is None or prompt + cap <= model.context_length:
+        return None
+    return Refusal(
+        "context_length_exceeded",
+        f"This model's maximum context length is {model.context_length} tokens, but the request "
+        f"asks for {prompt + cap} tokens ({prompt} in {where} + {cap} for {cap_name}). "
+        f"Reduce the prompt or {cap_name}.",
     )
 
 
