@@ -136,8 +136,8 @@ def prepare(
         else:
             return _model_not_found(model, catalog, fallbacks, gone)
 
-    params = info.supported_parameters
-    json_capable = info.response_format
+    params = info.supported_parameters if endpoint.checks_parameters else None
+    json_capable = info.response_format if endpoint.checks_parameters else None
     context_length = info.context_length if endpoint.checks_context else None
     if reason is None and params is None and json_capable is not False:
         # The common case with a sparse catalogue: at most the context check, usually without parsing.

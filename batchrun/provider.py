@@ -119,6 +119,8 @@ class ProviderClient:
         self._connections = connections
         self._session: aiohttp.ClientSession | None = None
         self._headers: dict[str, dict[str, str]] = {}
+        #: each endpoint's notes on the answers of this run (`Endpoint.read_answer`)
+        self._memory: dict[str, dict[Any, Any]] = {}
 
     async def __aenter__(self) -> ProviderClient:
         connector = aiohttp.TCPConnector(limit=self._connections, limit_per_host=0, ttl_dns_cache=300)
@@ -156,7 +158,8 @@ class ProviderClient:
         if status == 200:
             try:
                 completion = parse_completion(text, require_request_id=self.require_request_id,
-                                              endpoint=endpoint, request=body)
+                                              endpoint=endpoint, request=body,
+                                              memory=self._memory.setdefault(endpoint.url, {}))
             except ProviderError as error:
                 error.rate_hint = hint
                 raise
@@ -241,7 +244,7 @@ class ProviderClient:
 
 
 def parse_completion(text: str, *, require_request_id: bool = False, endpoint: Endpoint = CHAT,
-                     request: bytes = b"") -> Completion:
+                     request: bytes = b"", memory: dict[Any, Any] | None = None) -> Completion:
     """A 200 body that is a complete answer of `endpoint` to `request`, or a `TransientError` (it will
     be retried): a cut-off or short answer never passes as a result.
 
@@ -257,7 +260,7 @@ def parse_completion(text: str, *, require_request_id: bool = False, endpoint: E
         raise BadResponse(f"200 with a body that is not {endpoint.answer} object; treated as a failed attempt",
                           status=200, body=_clip(text))
     try:
-        answer = endpoint.read_answer(payload, request)
+        answer = endpoint.read_answer(payload, request, memory)
     except BadAnswer as exc:
         raise BadResponse(f"200 with {exc}; treated as a failed attempt", status=200, body=_clip(text)) from None
     request_id = payload.get("request_id")

@@ -402,6 +402,12 @@ class Runner:
                 self._slots.release()
                 self._jobs.put_nowait(job)
                 continue
+            unserved = self._unserved.get(job.endpoint)
+            if unserved is not None:  # a 404 for the endpoint came while this job waited for its turn
+                self._slots.release()
+                self._queue_outcome(self._failed(job, job.attempts, None, None, None, EndpointNotServed.code,
+                                                 unserved, prepared))
+                continue
             spend = self._reserve_spend(job, prepared)
             if spend is False:
                 self._slots.release()

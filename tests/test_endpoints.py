@@ -26,13 +26,15 @@ def refusal(endpoint: Endpoint, body: dict[str, Any]) -> tuple[str, str]:
     return caught.value.field, caught.value.reason
 
 
-def read(endpoint: Endpoint, answer: dict[str, Any], request: dict[str, Any]) -> Any:
-    return endpoint.read_answer(answer, orjson.dumps(request))
+def read(endpoint: Endpoint, answer: dict[str, Any], request: dict[str, Any],
+         memory: dict[Any, Any] | None = None) -> Any:
+    return endpoint.read_answer(answer, orjson.dumps(request), memory)
 
 
-def bad(endpoint: Endpoint, answer: dict[str, Any], request: dict[str, Any]) -> str:
+def bad(endpoint: Endpoint, answer: dict[str, Any], request: dict[str, Any],
+        memory: dict[Any, Any] | None = None) -> str:
     with pytest.raises(BadAnswer) as caught:
-        read(endpoint, answer, request)
+        read(endpoint, answer, request, memory)
     return str(caught.value)
 
 
@@ -98,6 +100,7 @@ def test_a_short_cut_or_shuffled_embedding_answer_is_not_a_result() -> None:
     assert bad(EMBEDDINGS, _vectors(4, 2), two) == "data[1].embedding has 2 numbers, data[0] 4: cut short"
     assert bad(EMBEDDINGS, _vectors(4, 4), {**two, "dimensions": 8}) == \
         "data[0].embedding has 4 numbers; the request asked for 8"
+    assert read(EMBEDDINGS, _vectors(16, 16), {**two, "dimensions": 8}).prompt_tokens == 7  # dimensions ignored
     assert bad(EMBEDDINGS, {"data": []}, two) == "0 embedding(s) for 2 input(s)"
     assert bad(EMBEDDINGS, {"object": "list"}, two) == "an embeddings answer without data"
     swapped = _vectors(4, 4)
@@ -191,3 +194,14 @@ def test_moderations_count_as_requests_and_need_one_result_per_input() -> None:
     assert bad(MODERATIONS, {"results": [{"flagged": False}]}, {"input": ["a", "b"]}) == \
         "1 moderation result(s) for 2 input(s)"
     assert refusal(MODERATIONS, {"input": ["a", 1]}) == ("input[1]", "must be a string (got number)")
+
+
+def test_a_lone_vector_shorter_than_the_runs_earlier_answers_is_cut_short() -> None:
+    memory: dict[Any, Any] = {}
+    one = {"input": "x"}
+    read(EMBEDDINGS, _vectors(8), one, memory)
+    assert "an embedding of 4 numbers where this run's earlier answers from model 'e' had 8: cut short" == \
+        bad(EMBEDDINGS, _vectors(4), one, memory)
+    read(EMBEDDINGS, _vectors(8), one, memory)
+    read(EMBEDDINGS, _vectors(4), {"input": "x", "dimensions": 4}, memory)  # another length asked for
+    assert read(EMBEDDINGS, _vectors(4), one).prompt_tokens == 7  # without the run's memory: nothing to go by

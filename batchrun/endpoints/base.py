@@ -82,6 +82,10 @@ class Endpoint:
     model_required: ClassVar[bool] = True
     #: whether `input tokens + output cap` must fit the model's context window (chat-like endpoints)
     checks_context: ClassVar[bool] = True
+    #: whether the catalogue's `supported_parameters` and `response_format` capability describe this
+    #: endpoint's bodies: catalogues publish them for chat (and text completions, which share them);
+    #: judged against a responses or embeddings body they would refuse what the provider takes
+    checks_parameters: ClassVar[bool] = False
 
     @property
     def path(self) -> str:
@@ -101,9 +105,10 @@ class Endpoint:
         """
         raise NotImplementedError
 
-    def read_answer(self, payload: dict[str, Any], request: bytes) -> Answer:
+    def read_answer(self, payload: dict[str, Any], request: bytes, memory: dict[Any, Any] | None = None) -> Answer:
         """Check that a 200's JSON object is a complete answer to `request`; read its usage.
-        Raises `BadAnswer`."""
+        Raises `BadAnswer`. `memory` is this endpoint's notes on earlier answers of the run (the
+        provider client keeps one per endpoint), for what no single answer shows."""
         raise NotImplementedError
 
     def budget(self, input_tokens: int, output_cap: int | None, assumed_completion: int) -> tuple[int, int]:

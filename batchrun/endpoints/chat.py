@@ -43,12 +43,13 @@ class Chat(Endpoint):
     answer = "a chat completion"
     core_fields = frozenset(("model", "messages"))
     output_caps = _CAPS
+    checks_parameters = True
 
     def check_body(self, body: dict[str, Any]) -> tuple[int, int | None]:
         units = check_messages(body.get("messages", MISSING))
         return units, check_common_options(body, _CAPS)
 
-    def read_answer(self, payload: dict[str, Any], request: bytes) -> Answer:
+    def read_answer(self, payload: dict[str, Any], request: bytes, memory: dict[Any, Any] | None = None) -> Answer:
         choices = payload.get("choices")
         first = choices[0] if type(choices) is list and choices and type(choices[0]) is dict else None
         message = first.get("message") if first else None

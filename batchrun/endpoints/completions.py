@@ -32,6 +32,7 @@ class Completions(Endpoint):
     answer = "a text completion"
     core_fields = frozenset(("model", "prompt"))
     output_caps = _CAPS
+    checks_parameters = True
     default_output_cap = 16  # OpenAI's documented default for max_tokens
 
     def check_body(self, body: dict[str, Any]) -> tuple[int, int | None]:
@@ -49,7 +50,7 @@ class Completions(Endpoint):
                                          f"(got {json_type(prompt)})")
         return units, check_common_options(body, _CAPS)
 
-    def read_answer(self, payload: dict[str, Any], request: bytes) -> Answer:
+    def read_answer(self, payload: dict[str, Any], request: bytes, memory: dict[Any, Any] | None = None) -> Answer:
         choices = payload.get("choices")
         if type(choices) is not list or not choices:
             raise BadAnswer("a text completion without choices")

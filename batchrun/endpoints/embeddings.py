@@ -4,8 +4,11 @@ Body: `input` — a non-blank string, a list of them, an array of token ids, or 
 at most 2,048 items; `dimensions` (a positive integer) and `encoding_format` (`float` or `base64`)
 optional. Only input tokens count: there is no completion. A well-formed answer has one `data` item
 per input, in order (`index` 0, 1, …), each with its `embedding` (a non-empty list of numbers, all of
-one length, `dimensions` long when the request set it; or a base64 string); anything less — a body cut
-short, an embedding missing or shortened — is a bad answer, retried, never a result.
+one length, at least `dimensions` long when the request set it — some servers ignore the parameter and
+send the model's full length; or a base64 string); anything less — a body cut short, an embedding
+missing or shortened — is a bad answer, retried, never a result. A lone vector is also held to the length
+of the run's earlier answers from the same model (and `dimensions`): shorter is cut short. (The first
+answer of a run has nothing to be held to: a lone vector cut short there passes.)
 """
 
 from __future__ import annotations
@@ -67,7 +70,7 @@ class Embeddings(Endpoint):
             raise InvalidField("encoding_format", f"encoding_format must be 'float' or 'base64' (got {show(encoding)})")
         return units, None
 
-    def read_answer(self, payload: dict[str, Any], request: bytes) -> Answer:
+    def read_answer(self, payload: dict[str, Any], request: bytes, memory: dict[Any, Any] | None = None) -> Answer:
         sent = request_object(request)
         expected = input_count(sent.get("input"))
         dimensions = sent.get("dimensions")
@@ -92,10 +95,13 @@ class Embeddings(Endpoint):
                 raise BadAnswer(f"data[{i}] has no embedding")
             if length is None:
                 length = len(vector)
-                if type(dimensions) is int and length != dimensions:
+                # Longer is a server that ignores `dimensions` (llmock does): the whole vector, not a cut one.
+                if type(dimensions) is int and length < dimensions:
                     raise BadAnswer(f"data[{i}].embedding has {length} numbers; the request asked for {dimensions}")
             elif len(vector) != length:
                 raise BadAnswer(f"data[{i}].embedding has {len(vector)} numbers, data[0] {length}: cut short")
+        if length is not None and memory is not None:
+            _check_length(memory, (payload.get("model"), dimensions if type(dimensions) is int else None), length)
         usage = payload.get("usage")
         prompt = usage_int(usage, "prompt_tokens")
         total = usage_int(usage, "total_tokens")
@@ -103,6 +109,17 @@ class Embeddings(Endpoint):
 
 
 EMBEDDINGS: Final = Embeddings()
+
+
+def _check_length(memory: dict[Any, Any], key: tuple[Any, Any], length: int) -> None:
+    """A model answers vectors of one length (for one `dimensions`): shorter than an earlier answer's
+    is a vector cut short, even when it is alone in its answer."""
+    longest = memory.get(key, 0)
+    if length < longest:
+        raise BadAnswer(f"an embedding of {length} numbers where this run's earlier answers from model {key[0]!r} "
+                        f"had {longest}: cut short")
+    if length > longest:
+        memory[key] = length
 
 
 def input_count(value: Any) -> int:

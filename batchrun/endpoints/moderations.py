@@ -55,7 +55,7 @@ class Moderations(Endpoint):
             raise InvalidField("input", "missing input")
         raise InvalidField("input", f"input must be a string or a list of strings (got {json_type(value)})")
 
-    def read_answer(self, payload: dict[str, Any], request: bytes) -> Answer:
+    def read_answer(self, payload: dict[str, Any], request: bytes, memory: dict[Any, Any] | None = None) -> Answer:
         results = payload.get("results")
         if type(results) is not list or not results:
             raise BadAnswer("a moderation without results")

@@ -60,7 +60,7 @@ class Responses(Endpoint):
             units += text_units(instructions)
         return units, check_common_options(body, _CAPS)
 
-    def read_answer(self, payload: dict[str, Any], request: bytes) -> Answer:
+    def read_answer(self, payload: dict[str, Any], request: bytes, memory: dict[Any, Any] | None = None) -> Answer:
         output = payload.get("output")
         if type(output) is not list:
             raise BadAnswer("a response without output")

@@ -108,9 +108,8 @@ class Responses(Endpoint):
         return Plan(input_tokens + cut.tokens, served, _Work(cut, input_tokens))
 
     def check(self, model: ModelSpec, body: Mapping[str, Any], plan: Plan) -> Refusal | None:
-        refusal = super().check(model, body, plan)
-        if refusal is not None:
-            return refusal
+        # A model's supported_parameters describe chat bodies (as every catalogue publishes them): the
+        # Responses API's own parameters (reasoning, text, store...) are not judged against them.
         work: _Work = plan.work
         return over_context(model, work.input_tokens, "the input", body.get("max_output_tokens") or 0,
                             "max_output_tokens")
