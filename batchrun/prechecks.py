@@ -14,6 +14,12 @@ Then the served model's published limits are checked; metadata the catalogue lea
 and its check is skipped, never guessed. With `drop_unsupported`, parameters the model does not take
 are removed instead of failing the job, and listed so the run can say what it changed.
 
+What is checked depends on the job's endpoint (`batchrun.endpoints`): the context window for chat,
+completions and responses (input tokens + the output cap), not for embeddings and moderations (whose
+window applies per input: the provider judges); `supported_parameters` and the JSON capability only for
+chat and completions bodies — catalogues publish them for chat parameters, and judged against a
+responses or embeddings body they would refuse what the provider takes.
+
 `prepare` runs for every job on the hot path, so the common case costs a few dict lookups: the body
 is parsed only when a check needs it, and re-serialised only when something changed — otherwise the
 exact bytes of the original body are sent.
