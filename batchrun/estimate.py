@@ -154,7 +154,7 @@ def estimate_lines(e: Estimate) -> list[str]:
         rows = [
             (
                 m.endpoint,
-                m.model,
+                m.model or "(default)",  # a moderation that leaves the model to the provider
                 m.served_by or "unknown",
                 f"{m.requests:,}",
                 f"{m.prompt_tokens:,}",

@@ -187,7 +187,7 @@ def test_a_response_is_complete_or_incomplete_with_its_reason() -> None:
 
 def test_moderations_count_as_requests_and_need_one_result_per_input() -> None:
     assert check(MODERATIONS, {"input": ["a", "b"]}) == (2, None)
-    assert MODERATIONS.budget(1, None, 256) == (1, 0)
+    assert MODERATIONS.budget(1, None, 256) == (0, 0)  # a request, not tokens
     assert not MODERATIONS.model_required
     results = {"results": [{"flagged": False}, {"flagged": True}]}
     assert read(MODERATIONS, results, {"input": ["a", "b"]}).prompt_tokens is None

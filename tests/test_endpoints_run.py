@@ -96,6 +96,7 @@ def test_one_file_mixing_all_five_endpoints_loads_runs_and_exports(any_db_url: s
     assert rows["embeddings"][1:3] == ["embed", "sim-embed"]
     assert rows["embeddings"][5] == "0"  # no completion tokens for embeddings
     assert rows["completions"][5] == "20" and rows["responses"][5] == "60" and rows["chat"][5] == "100"
+    assert rows["moderations"][1:6] == ["(default)", "unknown", "1", "0", "0"]  # a request, no tokens
     assert "  embeddings: 1 request," in estimate.stdout
 
     result = run_all(cli, sim.base_url)

@@ -55,6 +55,10 @@ class Moderations(Endpoint):
             raise InvalidField("input", "missing input")
         raise InvalidField("input", f"input must be a string or a list of strings (got {json_type(value)})")
 
+    def budget(self, input_tokens: int, output_cap: int | None, assumed_completion: int) -> tuple[int, int]:
+        """A moderation counts as a request, not as tokens: nothing to reserve against a token limit."""
+        return 0, 0
+
     def read_answer(self, payload: dict[str, Any], request: bytes, memory: dict[Any, Any] | None = None) -> Answer:
         results = payload.get("results")
         if type(results) is not list or not results:
