@@ -20,14 +20,16 @@ from pathlib import Path
 from types import ModuleType
 
 from bench import (
-    dispatch, handover, latency, llmock, loading, memory, outage, ratelimit, reallimit, random429, report, resume,
+    dispatch, embeddings, handover, latency, llmock, loading, memory, outage, ratelimit, reallimit, random429, report,
+    resume,
 )
 from bench.common import TASKSET, Context, Section, machine_busy_seconds, own_cpu_seconds
 
 #: in the order they run (loading first makes the 1M-job database the later ones copy)
 SUITE_BUDGET = 600 + 840  # issue 7's six benchmarks, then issue 12's five
 BENCHMARKS: dict[str, ModuleType] = {m.NAME: m for m in (dispatch, latency, ratelimit, loading, resume, memory,
-                                                          random429, reallimit, llmock, handover, outage)}
+                                                          random429, reallimit, llmock, handover, outage,
+                                                          embeddings)}
 
 
 def main(argv: list[str] | None = None) -> int:

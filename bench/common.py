@@ -190,9 +190,10 @@ class PinnedServer:
 class Simulator(PinnedServer):
     """`batchrun simulate` on its own core, with its counters one HTTP call away."""
 
-    def __init__(self, *flags: str) -> None:
+    def __init__(self, *flags: str, cmd: Sequence[str] | None = None) -> None:
+        """`cmd`, if given, launches it instead (a wrapper that serves more, say); it prints the same line."""
         self.flags = list(flags)
-        super().__init__([BATCHRUN, "simulate", "--port", "0", *self.flags], "bench-sim-")
+        super().__init__(cmd or [BATCHRUN, "simulate", "--port", "0", *self.flags], "bench-sim-")
         deadline = time.monotonic() + 20
         while not (found := re.search(r"listening on (http://\S+)", self.log())):
             if self.popen.poll() is not None or time.monotonic() > deadline:
@@ -353,14 +354,19 @@ def job_line(rng: random.Random, i: int) -> bytes:
 
 def job_file(jobs: int) -> Path:
     """A job file of `jobs` lines, generated once and cached under bench/.cache/."""
-    path = CACHE / f"jobs-{jobs}-v{GENERATOR_VERSION}.jsonl"
+    return cached_job_file(f"jobs-{jobs}-v{GENERATOR_VERSION}.jsonl", jobs, job_line)
+
+
+def cached_job_file(name: str, jobs: int, line: Callable[[random.Random, int], bytes]) -> Path:
+    """bench/.cache/`name`: `jobs` lines of `line(rng, i)` (rng seeded with `jobs`), made the first time only."""
+    path = CACHE / name
     if not path.exists():
         CACHE.mkdir(exist_ok=True)
         rng = random.Random(jobs)
         partial = path.with_suffix(".partial")
         with open(partial, "wb") as out:
             for i in range(jobs):
-                out.write(job_line(rng, i))
+                out.write(line(rng, i))
         partial.rename(path)
     return path
 
