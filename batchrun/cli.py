@@ -224,6 +224,19 @@ _RUN_HELP = "\n".join(f"  {code}  {meaning}" for code, meaning in EXIT_MEANINGS.
               help="Use at most this many tokens in this run (requests in flight reserved).")
 @click.option("--no-wait", is_flag=True, default=None,
               help="If other runners hold every key, exit 3 at once instead of waiting for one.")
+@click.option("--via", type=click.Choice(["live", "batch-api"]), envvar="BATCHRUN_VIA", show_envvar=True,
+              help="live: send each job as a request; batch-api: through the provider's Batch API (files + "
+                   "batches, about half the price, results within its 24 h window): submits what is queued, "
+                   "collects what is ready, exit 3 while batches are at the provider. [default: live]")
+@click.option("--wait", "wait_batches", is_flag=True, default=None,
+              help="With --via batch-api: poll until every provider batch is collected (or the deadline).")
+@click.option("--batch-discount", type=float, help="With --via batch-api: the share of the live price a batch "
+                                                   "costs. [default: 0.5]")
+@click.option("--batch-max-requests", type=int, help="With --via batch-api: requests per provider batch at most. "
+                                                     "[default: 50000]")
+@click.option("--batch-max-bytes", type=int, help="With --via batch-api: bytes per provider batch file at most. "
+                                                  "[default: 200000000]")
+@click.option("--poll-interval", help="With --via batch-api --wait: how often to poll. [default: 30s]")
 @click.option("--no-progress", is_flag=True, help="No progress bar even on a terminal.")
 @click.option("--log-file", envvar="BATCHRUN_LOG_FILE", show_envvar=True, type=click.Path(dir_okay=False),
               help="Also append the log (warnings, progress lines, opening and closing summary) to this "
@@ -253,10 +266,13 @@ def run(batch: str | None, no_progress: bool, log_file: str | None, log_format: 
     from batchrun.runner import Runner
     from batchrun.runstate import RunOptions
 
+    wait_batches = flags.pop("wait_batches", None)
     settings = _settings({**flags, "db": db}, config_path)
     settings.require_provider()
     assert settings.base_url is not None
     store = _open_store(settings.db, None)
+    if settings.via == "batch-api":
+        sys.exit(_run_batch_api(store, settings, batch, bool(wait_batches)))
     lanes = lanes_for(settings.keys, settings.limits, settings.per_key_limits,
                       {key: (rec.state, rec.reason) for key, rec in store.key_records().items()})
     options = RunOptions(
@@ -295,6 +311,34 @@ def run(batch: str | None, no_progress: bool, log_file: str | None, log_format: 
         return report.exit_code
 
     sys.exit(asyncio.run(main()))
+
+
+def _run_batch_api(store: Store, settings: Any, batch: str | None, wait: bool) -> int:
+    """`run --via batch-api`: the queue through the provider's Batch API (`batch_dispatch.py`)."""
+    import asyncio
+
+    from batchrun.batch_dispatch import BatchApiOptions, BatchDispatcher
+    from batchrun.provider import ProviderClient
+    from batchrun.retry import Backoff, RetryPolicy
+
+    options = BatchApiOptions(
+        batch=batch, max_requests=settings.batch_max_requests, max_bytes=settings.batch_max_bytes,
+        discount=settings.batch_discount, wait=wait, poll_interval=settings.poll_interval,
+        deadline=settings.deadline,
+        policy=RetryPolicy(settings.max_attempts, Backoff(settings.backoff_base, settings.backoff_max),
+                           settings.transient_patience))
+
+    async def main() -> int:
+        async with ProviderClient(settings.base_url or "", request_timeout=settings.request_timeout,
+                                  require_request_id=settings.require_request_id) as client:
+            report = await BatchDispatcher(store, client, list(settings.keys), options).run()
+        lines = report.lines()
+        for line in lines:
+            click.echo(line)
+        logsetup.record_outcome(lines, report.exit_code)
+        return report.exit_code
+
+    return asyncio.run(main())
 
 
 def _install_signal_handlers(runner: Any) -> None:

@@ -29,6 +29,11 @@ file and the defaults, and validates everything in one place.
     max_cost = 25.0                   # USD per run, from catalogue prices
     max_tokens = 5000000              # tokens per run
     wait_for_keys = true              # false: exit 3 at once when other runners hold every key
+    via = "live"                      # or "batch-api": through the provider's Batch API (half price)
+    batch_discount = 0.5              # a batch's share of the live price
+    batch_max_requests = 50000        # per provider batch (one model and endpoint per batch)
+    batch_max_bytes = 200000000
+    poll_interval = "30s"             # how often --wait polls the provider's batches
 
     [limits.k1]                       # per-key overrides, by key id
     rate_limit = "20/1s"
@@ -85,6 +90,11 @@ class Settings:
     max_cost: float | None = None
     max_tokens: int | None = None
     wait_for_keys: bool = True
+    via: str = "live"
+    batch_discount: float = 0.5
+    batch_max_requests: int = 50_000
+    batch_max_bytes: int = 200 * 1024 * 1024
+    poll_interval: float = 30.0
 
     def __repr__(self) -> str:
         keys = ", ".join(key.id for key in self.keys)
@@ -158,6 +168,11 @@ def build_settings(flags: dict[str, Any], config_path: str | None, environ: dict
         max_cost=_positive_float(pick("max_cost"), "max_cost"),
         max_tokens=_positive_int(pick("max_tokens"), 0, "max_tokens") if pick("max_tokens") is not None else None,
         wait_for_keys=not flags.get("no_wait") and data.get("wait_for_keys", True) is not False,
+        via=_choice(pick("via"), VIA_CHOICES, "via"),
+        batch_discount=_share(pick("batch_discount"), "batch_discount"),
+        batch_max_requests=_positive_int(pick("batch_max_requests"), 50_000, "batch_max_requests"),
+        batch_max_bytes=_positive_int(pick("batch_max_bytes"), 200 * 1024 * 1024, "batch_max_bytes"),
+        poll_interval=_duration(pick("poll_interval"), 30.0, "poll_interval"),
     )
     if settings.lease < 2:
         raise ConfigError("lease must be at least 2s")
@@ -249,6 +264,23 @@ def _flag(value: Any, name: str) -> bool:
     if not isinstance(value, bool):
         raise ConfigError(f"{name}: must be true or false, not {value!r}")
     return value
+
+
+#: how `run` sends the queue: live requests, or the provider's Batch API
+VIA_CHOICES = ("live", "batch-api")
+
+
+def _share(value: Any, name: str) -> float:
+    """A price share in (0, 1]; 0.5 by default (the OpenAI Batch API's discount)."""
+    if value is None:
+        return 0.5
+    try:
+        share = float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name}: expected a number in (0, 1], not {value!r}") from None
+    if not 0 < share <= 1:
+        raise ConfigError(f"{name}: expected a number in (0, 1], not {value!r}")
+    return share
 
 
 def _choice(value: Any, choices: tuple[str, ...], name: str) -> str:

@@ -13,7 +13,7 @@ import email.utils
 import logging
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -172,6 +172,88 @@ class ProviderClient:
                 "send these jobs to a provider that does", status=status, body=failure.body)
         failure.rate_hint = hint
         raise failure
+
+    # --- the provider's Batch API (run --via batch-api) ---
+
+    async def upload_batch_file(self, key: ApiKey, path: str, filename: str) -> dict[str, Any]:
+        """`POST {base}/files` (purpose=batch) of the JSONL file at `path`, streamed from disk."""
+        with open(path, "rb") as stream:
+            form = aiohttp.FormData()
+            form.add_field("purpose", "batch")
+            form.add_field("file", stream, filename=filename, content_type="application/jsonl")
+            return await self._call_json("POST", "/files", key, data=form)
+
+    async def create_batch(self, key: ApiKey, input_file_id: str, endpoint: str,
+                           metadata: dict[str, str]) -> dict[str, Any]:
+        return await self._call_json("POST", "/batches", key, json={
+            "input_file_id": input_file_id, "endpoint": endpoint, "completion_window": "24h", "metadata": metadata})
+
+    async def get_batch(self, key: ApiKey, batch_id: str) -> dict[str, Any]:
+        return await self._call_json("GET", f"/batches/{batch_id}", key)
+
+    async def cancel_batch(self, key: ApiKey, batch_id: str) -> dict[str, Any]:
+        return await self._call_json("POST", f"/batches/{batch_id}/cancel", key)
+
+    async def find_batch(self, key: ApiKey, metadata: dict[str, str], pages: int = 20) -> dict[str, Any] | None:
+        """The newest batch at the provider whose metadata holds `metadata`, looked for in the last
+        `pages` pages of `GET {base}/batches`; None if there is none."""
+        after: str | None = None
+        for _ in range(pages):
+            query = "?limit=100" + (f"&after={after}" if after else "")
+            listing = await self._call_json("GET", f"/batches{query}", key)
+            found = listing.get("data")
+            data: list[Any] = found if isinstance(found, list) else []
+            for batch in data:
+                held = batch.get("metadata") if isinstance(batch, dict) else None
+                if isinstance(held, dict) and all(held.get(k) == v for k, v in metadata.items()):
+                    return dict(batch)
+            if not data or not listing.get("has_more"):
+                return None
+            after = data[-1].get("id")
+        return None
+
+    async def file_lines(self, key: ApiKey, file_id: str) -> AsyncIterator[bytes]:
+        """The lines of `GET {base}/files/{id}/content`, streamed (a file of a million lines is never
+        held whole)."""
+        url = f"{self.base_url}/files/{file_id}/content"
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=self._timeout)
+        try:
+            async with self.session.get(url, headers=self._auth_for(key), timeout=timeout) as resp:
+                if resp.status != 200:
+                    raise classify(resp.status, resp.headers, (await resp.read()).decode("utf-8", "replace"))
+                async for line in resp.content:
+                    if line.strip():
+                        yield line
+        except asyncio.TimeoutError as exc:
+            raise TimedOut(f"downloading {file_id}: no data within {self._timeout:g} s") from exc
+        except aiohttp.ClientPayloadError as exc:
+            raise BadResponse(f"downloading {file_id}: the file was cut off: {exc}") from exc
+        except (aiohttp.ClientError, OSError) as exc:
+            raise ConnectionFailed(f"downloading {file_id}: {type(exc).__name__}: {exc}") from exc
+
+    async def _call_json(self, method: str, path: str, key: ApiKey, *, json: Any = None,
+                         data: aiohttp.FormData | None = None) -> dict[str, Any]:
+        """One Batch API call: its JSON object, or the classified `ProviderError`."""
+        url = f"{self.base_url}{path}"
+        try:
+            async with self.session.request(method, url, headers=self._auth_for(key), json=json,
+                                            data=data) as resp:
+                text = (await resp.read()).decode("utf-8", errors="replace")
+                status, headers = resp.status, resp.headers
+        except asyncio.TimeoutError as exc:
+            raise TimedOut(f"{method} {path}: no answer within {self._timeout:g} s") from exc
+        except (aiohttp.ClientError, OSError) as exc:
+            raise ConnectionFailed(f"{method} {path}: {type(exc).__name__}: {exc}") from exc
+        if status != 200:
+            raise classify(status, headers, text)
+        payload = _json_or_none(text)
+        if not isinstance(payload, dict):
+            raise BadResponse(f"{method} {path}: 200 with a body that is not a JSON object", status=200,
+                              body=_clip(text))
+        return payload
+
+    def _auth_for(self, key: ApiKey) -> dict[str, str]:
+        return {"Authorization": f"Bearer {key.token}"}
 
     async def list_models(self, key: ApiKey) -> list[dict[str, Any]]:
         """`GET {base}/models`. Connection failures here mean the provider cannot be reached at all."""

@@ -239,3 +239,35 @@ class RunnerActivity:
     jobs_in_flight: int
     keys_held: tuple[str, ...]
 
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderBatch:
+    """A batch at the provider's Batch API, as the store keeps it (`schema.provider_batches`)."""
+
+    id: int
+    batch_id: int
+    endpoint: str
+    model: str
+    key_id: str
+    state: str  # assigned | uploaded | created | collected
+    requests: int
+    input_file_id: str | None
+    provider_batch_id: str | None
+    provider_status: str | None
+    completed: int
+    failed: int
+    output_file_id: str | None
+    error_file_id: str | None
+    created_at: float
+    updated_at: float
+    message: str | None
+
+    @property
+    def owner(self) -> str:
+        """The lease owner of its jobs while they are at the provider."""
+        return provider_batch_owner(self.id)
+
+
+def provider_batch_owner(provider_batch_id: int) -> str:
+    return f"provider-batch:{provider_batch_id}"

@@ -102,6 +102,8 @@ jobs = Table(
     Column("cost", Float, nullable=True),
     # When the job's current run of transient failures began (None: its last attempt was not one).
     Column("transient_since", Float, nullable=True),
+    # The provider batch (run --via batch-api) the job was last sent in; NULL: sent live or not yet.
+    Column("provider_batch_id", Id, nullable=True),
     UniqueConstraint("batch_id", "custom_id"),
     # The claim query: next queued jobs in input order (and the count of queued jobs, index only).
     Index("ix_jobs_claim", "state", "batch_id", "id"),
@@ -136,6 +138,32 @@ job_tallies = Table(
     # by a fallback model.
     *(Column(name, BigInteger, nullable=False) for name in ("priced", "unverified", "truncated", "fallbacks")),
     PrimaryKeyConstraint("batch_id", "state", "key_id", "model", "error_code"),
+)
+
+#: A batch at the provider's Batch API (`run --via batch-api`): which jobs (those whose lease_owner is
+#: "provider-batch:<id>"), which key made it, and every id the provider gave, each stored before the next
+#: step, so that a run killed at any moment is taken up by the next one without creating it twice.
+provider_batches = Table(
+    "provider_batches", metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("batch_id", Id, ForeignKey("batches.id"), nullable=False),
+    Column("endpoint", String(64), nullable=False),
+    Column("model", String(200), nullable=False),
+    Column("key_id", String(200), nullable=False),  # the key that creates, polls and downloads it
+    # assigned (jobs chosen) | uploaded (input file at the provider) | created (batch at the provider)
+    # | collected (results written; nothing left at the provider)
+    Column("state", String(16), nullable=False),
+    Column("requests", Integer, nullable=False),
+    Column("input_file_id", String(200), nullable=True),
+    Column("provider_batch_id", String(200), nullable=True),
+    Column("provider_status", String(32), nullable=True),  # validating, in_progress, ... as last polled
+    Column("completed", Integer, nullable=False, default=0, server_default="0"),
+    Column("failed", Integer, nullable=False, default=0, server_default="0"),
+    Column("output_file_id", String(200), nullable=True),
+    Column("error_file_id", String(200), nullable=True),
+    Column("created_at", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
+    Column("message", Text, nullable=True),  # the provider's errors, or why it was given up
 )
 
 #: What batchrun knows about an API key, by its public id; never the secret.

@@ -41,6 +41,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
+from batchrun.batchstore import ProviderBatches
 from batchrun.catalog import Catalog, ModelInfo
 from batchrun.database import alembic_config as _alembic_config  # noqa: F401  (tests use it)
 from batchrun.database import create_store_engine, current_revision, failure_reason, migrate_to_head
@@ -198,6 +199,11 @@ class Store:
                 yield conn
         except SQLAlchemyError as exc:
             raise StoreError(f"database {self.url}: {failure_reason(exc)}") from exc
+
+    @property
+    def provider_batches(self) -> ProviderBatches:
+        """Batches at the provider's Batch API (`batchstore.py`)."""
+        return ProviderBatches(self)
 
     @property
     def view(self) -> QueueView:
@@ -492,8 +498,11 @@ class Store:
                     func.min(jobs.c.not_before).filter(jobs.c.not_before > now),
                 ).where(jobs.c.state == QUEUED, *scope)
             ).one()
+            # Jobs at a provider's Batch API (leased without expiry, `batchstore.py`) are not a live
+            # run's to wait for: their results come when that batch is collected.
             running, next_expiry = conn.execute(
-                select(func.count(), func.min(jobs.c.lease_expires)).where(jobs.c.state == RUNNING, *scope)
+                select(func.count(), func.min(jobs.c.lease_expires))
+                .where(jobs.c.state == RUNNING, jobs.c.lease_expires.is_not(None), *scope)
             ).one()
         return Pending(int(queued_now), int(queued_later), next_due, int(running), next_expiry)
 

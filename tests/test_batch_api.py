@@ -1,0 +1,146 @@
+"""`run --via batch-api` (issue 14, first part): the queue through a provider's Batch API — against
+llmock's files and batches (a server no one here wrote), from cron-style repeated runs and through
+SIGKILLs at random moments — and the store's side of it."""
+
+from __future__ import annotations
+
+import json
+import random
+import signal
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from conftest import Cli, make_keys, read_jsonl
+
+from batchrun.jobfile import JobSpec, parse_line
+from batchrun.records import Succeeded
+from batchrun.store import Store
+
+
+def write_mixed(path: Path, chats: int, embeddings: int) -> set[str]:
+    lines = [{"custom_id": f"chat-{i}", "model": "gpt-4o-mini", "messages": [{"role": "user", "content": f"hi {i}"}]}
+             for i in range(chats)]
+    lines += [{"custom_id": f"emb-{i}", "method": "POST", "url": "/v1/embeddings",
+               "body": {"model": "text-embedding-3-small", "input": [f"text {i}", f"more {i}"]}}
+              for i in range(embeddings)]
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    return {line["custom_id"] for line in lines}
+
+
+def provider_batches(mock: Any, key: str) -> list[dict[str, Any]]:
+    request = urllib.request.Request(f"{mock.base_url}/batches?limit=100", headers={"Authorization": f"Bearer {key}"})
+    with urllib.request.urlopen(request, timeout=10) as answer:
+        return list(json.loads(answer.read())["data"])
+
+
+def test_cron_style_runs_submit_then_collect_at_llmock(cli: Cli, start_llmock: Any, tmp_path: Path) -> None:
+    mock = start_llmock("--response-style", "echo")
+    ids = write_mixed(tmp_path / "jobs.jsonl", 30, 6)
+    assert cli("submit", str(tmp_path / "jobs.jsonl")).returncode == 0
+    keys = make_keys(1)
+    env = {"BATCHRUN_BASE_URL": mock.base_url, "BATCHRUN_API_KEYS": keys[0]}
+
+    first = cli("run", "--via", "batch-api", env=env)
+    assert first.returncode == 3, first.stdout + first.stderr  # submitted; the provider is working on it
+    assert "2 provider batch(es) created" in first.stdout
+    assert "30 jobs of /v1/chat/completions gpt-4o-mini" in first.stdout
+    assert "6 jobs of /v1/embeddings text-embedding-3-small" in first.stdout
+    status = json.loads(cli("status", "--json").stdout)["batches"][0]
+    assert status["running"] == 36 and status["queued"] == 0
+
+    for _ in range(40):  # cron, every so often
+        later = cli("run", "--via", "batch-api", env=env)
+        if later.returncode != 3:
+            break
+        time.sleep(0.5)
+    assert later.returncode == 0, later.stdout + later.stderr
+    assert "0 provider batch(es) created, 2 collected; 36 succeeded" in later.stdout
+
+    assert cli("export", "--output", str(tmp_path / "out.jsonl")).returncode == 0
+    rows = read_jsonl(tmp_path / "out.jsonl")
+    assert sorted(row["custom_id"] for row in rows) == sorted(ids)
+    by_id = {row["custom_id"]: row for row in rows}
+    assert by_id["chat-7"]["response"]["body"]["choices"][0]["message"]["content"] == "Hello! You said: hi 7"
+    assert len(by_id["emb-3"]["response"]["body"]["data"]) == 2
+    assert {row["batchrun"]["attempts"] for row in rows} == {1}
+    # what llmock was sent: one file and one batch per endpoint and model, never a live request
+    made = provider_batches(mock, keys[0])
+    assert sorted(b["endpoint"] for b in made) == ["/v1/chat/completions", "/v1/embeddings"]
+    paths = [r["path"] for r in mock.requests() if r["method"] == "POST"]
+    assert paths.count("/v1/files") == 2 and paths.count("/v1/batches") == 2
+    assert "/v1/chat/completions" not in paths and "/v1/embeddings" not in paths
+    # nothing left to do: a further run sends nothing
+    assert cli("run", "--via", "batch-api", env=env).returncode == 0
+    assert [r["path"] for r in mock.requests() if r["method"] == "POST"].count("/v1/batches") == 2
+
+
+def test_sigkill_at_random_moments_loses_nothing_and_creates_no_batch_twice(cli: Cli, start_llmock: Any,
+                                                                            tmp_path: Path) -> None:
+    mock = start_llmock("--response-style", "echo")
+    ids = write_mixed(tmp_path / "jobs.jsonl", 40, 10)
+    assert cli("submit", str(tmp_path / "jobs.jsonl")).returncode == 0
+    keys = make_keys(1)
+    env = {"BATCHRUN_BASE_URL": mock.base_url, "BATCHRUN_API_KEYS": keys[0]}
+    args = ("run", "--via", "batch-api", "--wait", "--poll-interval", "0.2s", "--batch-max-requests", "15")
+    rng = random.Random(13)
+    kills = 0
+    for _ in range(5):  # across upload, create, poll and download: wherever the moment falls
+        runner = cli.popen(*args, env=env)
+        time.sleep(rng.uniform(0.3, 2.5))
+        if runner.poll() is None:
+            runner.send_signal(signal.SIGKILL)
+            kills += 1
+        runner.communicate(timeout=30)
+    assert kills >= 3
+    final = cli(*args, env=env, timeout=120)
+    assert final.returncode == 0, final.stdout + final.stderr
+
+    assert cli("export", "--output", str(tmp_path / "out.jsonl")).returncode == 0
+    rows = read_jsonl(tmp_path / "out.jsonl")
+    assert sorted(row["custom_id"] for row in rows) == sorted(ids)  # every job exactly once
+    made = provider_batches(mock, keys[0])
+    tags = [b["metadata"]["batchrun_provider_batch"] for b in made]
+    assert len(tags) == len(set(tags)), tags  # no provider batch created twice for the same jobs
+    # and no job was sent in two batches: the requests the batches held add up to the jobs
+    assert sum(b["request_counts"]["total"] for b in made) == len(ids)
+
+
+def test_assigned_jobs_are_leased_to_their_provider_batch_and_no_live_run_waits_for_them(tmp_path: Path) -> None:
+    with Store.open(f"sqlite:///{tmp_path / 'q.db'}") as store:
+        batch_id = store.ensure_batch("b")
+        specs = []
+        for i in range(7):
+            url = "/v1/embeddings" if i >= 5 else "/v1/chat/completions"
+            body = ({"model": "e", "input": "x"} if i >= 5
+                    else {"model": "m", "messages": [{"role": "user", "content": "q" * 100}]})
+            spec = parse_line(json.dumps({"custom_id": f"c{i}", "method": "POST", "url": url, "body": body}), i + 1)
+            assert isinstance(spec, JobSpec)
+            specs.append(spec)
+        store.add_jobs(batch_id, specs)
+        batches = store.provider_batches
+        first = batches.assign("k1", max_requests=3, max_bytes=10**6)
+        assert first is not None and (first.endpoint, first.model, first.requests) == ("/v1/chat/completions", "m", 3)
+        # the bytes cap cuts too: one chat body is ~150 bytes + ~200 of envelope
+        second = batches.assign("k1", max_requests=3, max_bytes=400)
+        assert second is not None and second.requests == 1
+        third = batches.assign("k1", max_requests=10, max_bytes=10**6)
+        assert third is not None and (third.requests, third.endpoint) == (1, "/v1/chat/completions")
+        fourth = batches.assign("k1", max_requests=10, max_bytes=10**6)
+        assert fourth is not None and (fourth.requests, fourth.endpoint, fourth.model) == (2, "/v1/embeddings", "e")
+        assert batches.assign("k1", max_requests=10, max_bytes=10**6) is None  # nothing queued is left
+
+        assert [custom_id for custom_id, _ in batches.lines(first.id)] == ["c0", "c1", "c2"]
+        pending = store.pending()
+        assert pending.empty  # a live run has nothing to wait for: these are the provider's
+        assert store.claim("live", 10, lease_seconds=30) == []
+        assert store.requeue_expired(now=time.time() + 10**7) == 0  # their leases never run out
+
+        jobs = batches.jobs(first.id)
+        store.record(first.owner, [Succeeded(jobs["c0"].id, 1, "k1", 200, None, "{}", "m", "stop", 1, 1, 2)])
+        store.record(first.owner, [Succeeded(jobs["c0"].id, 1, "k1", 200, None, '{"twice": 1}', "m", "stop", 1, 1, 2)])
+        assert set(batches.jobs(first.id)) == {"c1", "c2"}  # a result is written once
+        (row,) = store.export_rows(["succeeded"])
+        assert row.response == "{}"
+        assert [b.id for b in batches.open()] == [first.id, second.id, third.id, fourth.id]
