@@ -17,7 +17,9 @@ stray file at the provider, no more); a create not recorded is found by its meta
 is made, so no provider batch is created twice for the same jobs; a collection cut short is done
 again, and `Store.record` writes only jobs still at the provider, so nothing is written twice.
 
-One dispatcher at a time per database is assumed (cron runs that overlap are not guarded yet).
+One dispatcher at a time per database: a run takes the "batch-api" lock (`locks`, renewed while it
+works, given back at the end; taken over from a process on this host that has died, or once it has run
+out) and a second run exits 3 saying who holds it — two cron runs never advance the same batch.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import asyncio
 import functools
 import logging
 import os
+import socket
 import tempfile
 import time
 from collections.abc import Callable
@@ -54,6 +57,8 @@ TERMINAL = frozenset(("completed", "failed", "expired", "cancelled"))
 #: the metadata key that ties a provider batch to our row
 METADATA_KEY = "batchrun_provider_batch"
 _RECORD_CHUNK = 500
+#: how long the batch-API lock holds without being renewed (it is renewed at every step and poll)
+LOCK_SECONDS = 300.0
 
 
 @dataclass(frozen=True)
@@ -67,7 +72,21 @@ class BatchApiOptions:
     wait: bool = False
     poll_interval: float = 30.0
     deadline: float | None = None
+    #: epoch seconds after which what the provider has not finished is cancelled there and handed to
+    #: live dispatch (`live_switch`); None: never
+    live_at: float | None = None
     policy: RetryPolicy = field(default_factory=RetryPolicy)
+
+
+def live_switch(start: float, deadline: float | None, live_after: float | None) -> float | None:
+    """When a `--wait` run hands what is left to live dispatch: `--live-after` from the start, else
+    with a deadline, when three quarters of the time to it have gone (the last quarter is for live
+    requests under the keys' limits); None without either."""
+    if live_after is not None:
+        return start + live_after
+    if deadline is not None:
+        return start + 0.75 * max(0.0, deadline - start)
+    return None
 
 
 @dataclass
@@ -81,6 +100,8 @@ class BatchApiReport:
     requeued: int = 0
     cost: float = 0.0
     open: list[ProviderBatch] = field(default_factory=list)
+    #: the provider did not finish in time: what is left is for live dispatch (the CLI runs it)
+    hand_over: bool = False
 
     def lines(self) -> list[str]:
         lines = [f"batch API: {self.created} provider batch(es) created, {self.collected} collected; "
@@ -105,12 +126,24 @@ class BatchDispatcher:
         self.catalog = Catalog([])
         self.report = BatchApiReport(0, "")
         self._memory: dict[Any, Any] = {}
+        self._owner = f"{socket.gethostname()}:{os.getpid()}"
 
     async def run(self) -> BatchApiReport:
         try:
-            return await self._run()
+            holder = await self._call(self._store.provider_batches.lock, self._owner, LOCK_SECONDS, _owner_alive)
+            if holder is not None:
+                return self._finish(3, f"another `run --via batch-api` is at work on this database ({holder}): "
+                                       "it collects the provider's batches; nothing done")
+            try:
+                return await self._run()
+            finally:
+                await self._call(self._store.provider_batches.unlock, self._owner)
         finally:
             self._db.shutdown(wait=True)
+
+    async def _renew_lock(self) -> None:
+        seconds = max(LOCK_SECONDS, 2 * self._options.poll_interval + 60)  # it must outlast a poll's sleep
+        await self._call(self._store.provider_batches.lock, self._owner, seconds, _owner_alive)
 
     async def _run(self) -> BatchApiReport:
         options = self._options
@@ -137,7 +170,12 @@ class BatchDispatcher:
             still = await self._call(self._store.provider_batches.open, self._batch_id)
             if not still or (options.deadline is not None and time.time() >= options.deadline):
                 break
-            await asyncio.sleep(options.poll_interval)
+            if options.live_at is not None and time.time() >= options.live_at:
+                await self._take_back(still)
+                self.report.hand_over = True
+                return self._finish(3, "the provider did not finish in time: the rest goes live")
+            await self._renew_lock()
+            await asyncio.sleep(min(options.poll_interval, max(0.05, (options.live_at or float("inf")) - time.time())))
             for batch in still:
                 await self._advance(batch)
         open_batches = await self._call(self._store.provider_batches.open, self._batch_id)
@@ -160,6 +198,7 @@ class BatchDispatcher:
     # --- one provider batch, one step at a time ---
 
     async def _advance(self, batch: ProviderBatch) -> None:
+        await self._renew_lock()
         key = self._keys.get(batch.key_id)
         if key is None:
             log.warning("provider batch %s was made with key %s, which this run does not have: left as it is",
@@ -194,6 +233,35 @@ class BatchDispatcher:
         except ProviderError as exc:
             log.warning("provider batch %s (%s): %s; tried again on the next run", batch.id,
                         batch.provider_batch_id or batch.state, exc)
+
+    async def _take_back(self, batches: list[ProviderBatch]) -> None:
+        """Cancel at the provider what it has not finished; collect what it did; the rest is queued."""
+        for batch in batches:
+            key = self._keys.get(batch.key_id)
+            if batch.state == "created" and batch.provider_batch_id and key is not None:
+                try:
+                    await self._client.cancel_batch(key, batch.provider_batch_id)
+                except ProviderError as exc:
+                    log.warning("could not cancel provider batch %s: %s", batch.provider_batch_id, exc)
+        deadline = time.time() + 60  # a cancel takes a little while to settle (cancelling -> cancelled)
+        while time.time() < deadline:
+            left = [b for b in await self._call(self._store.provider_batches.open, self._batch_id)
+                    if b.state == "created"]
+            if not left:
+                break
+            for batch in left:
+                await self._advance(batch)
+            await asyncio.sleep(0.2)
+        for batch in await self._call(self._store.provider_batches.open, self._batch_id):
+            # never created at the provider (or it would not settle): its jobs go back to the queue
+            jobs = await self._call(self._store.provider_batches.jobs, batch.id)
+            now = time.time()
+            await self._record(batch, [Retry(job.id, job.attempts, now, batch.key_id, None, None, "batch_taken_back",
+                                             "taken back from the provider's Batch API to finish live", job.transient_since)
+                                       for job in jobs.values()])
+            self.report.requeued += len(jobs)
+            await self._call(self._store.provider_batches.update, batch.id, state="collected",
+                             message="taken back to finish live")
 
     async def _upload(self, batch: ProviderBatch, key: ApiKey) -> str:
         handle, path = tempfile.mkstemp(prefix="batchrun-batch-", suffix=".jsonl")
@@ -298,6 +366,20 @@ class BatchDispatcher:
 
     async def _call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._db, functools.partial(fn, *args, **kwargs))
+
+
+def _owner_alive(owner: str) -> bool:
+    """Whether the holder of a lock ("host:pid") may still be at work: on another host, it may."""
+    host, _, pid = owner.rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return True
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _errors_text(errors: Any) -> str | None:

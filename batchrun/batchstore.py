@@ -10,13 +10,14 @@ which writes only jobs still so leased, so collecting a batch twice writes nothi
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy.exc import IntegrityError
 
 from batchrun.records import ClaimedJob, ProviderBatch, provider_batch_owner
-from batchrun.schema import jobs, provider_batches
+from batchrun.schema import jobs, locks, provider_batches
 
 if TYPE_CHECKING:
     from batchrun.store import Store
@@ -24,6 +25,7 @@ if TYPE_CHECKING:
 __all__ = ["ProviderBatches"]
 
 _QUEUED, _RUNNING = "queued", "running"
+_LOCK = "batch-api"
 COLLECTED = "collected"
 
 
@@ -32,6 +34,29 @@ class ProviderBatches:
 
     def __init__(self, store: Store) -> None:
         self._store = store
+
+    def lock(self, owner: str, seconds: float, is_alive: Callable[[str], bool], now: float | None = None) -> str | None:
+        """Take (or renew) the batch-API lock for `owner` ("host:pid") for `seconds`; None if taken,
+        else the owner that holds it. A holder that is gone (`is_alive` false: its process on this host
+        has died) or whose lock has run out loses it."""
+        now = time.time() if now is None else now
+        with self._store._write() as conn:
+            held = conn.execute(select(locks.c.owner, locks.c.expires).where(locks.c.name == _LOCK)).first()
+            if held is not None and held.owner != owner and held.expires > now and is_alive(held.owner):
+                return str(held.owner)
+            if held is None:
+                try:
+                    with conn.begin_nested():
+                        conn.execute(insert(locks).values(name=_LOCK, owner=owner, expires=now + seconds))
+                except IntegrityError:  # taken between our look and our insert
+                    return self.lock(owner, seconds, is_alive, now)
+            else:
+                conn.execute(update(locks).where(locks.c.name == _LOCK).values(owner=owner, expires=now + seconds))
+        return None
+
+    def unlock(self, owner: str) -> None:
+        with self._store._write() as conn:
+            conn.execute(delete(locks).where(locks.c.name == _LOCK, locks.c.owner == owner))
 
     def open(self, batch_id: int | None = None) -> list[ProviderBatch]:
         """Those not collected yet, oldest first."""

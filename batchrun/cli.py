@@ -237,6 +237,10 @@ _RUN_HELP = "\n".join(f"  {code}  {meaning}" for code, meaning in EXIT_MEANINGS.
 @click.option("--batch-max-bytes", type=int, help="With --via batch-api: bytes per provider batch file at most. "
                                                   "[default: 200000000]")
 @click.option("--poll-interval", help="With --via batch-api --wait: how often to poll. [default: 30s]")
+@click.option("--live-after", metavar="DURATION",
+              help="With --via batch-api --wait: after this long, cancel at the provider what it has not "
+                   "finished and finish it live. [default: with --max-duration/--until, at three quarters of "
+                   "the time to the deadline]")
 @click.option("--no-progress", is_flag=True, help="No progress bar even on a terminal.")
 @click.option("--log-file", envvar="BATCHRUN_LOG_FILE", show_envvar=True, type=click.Path(dir_okay=False),
               help="Also append the log (warnings, progress lines, opening and closing summary) to this "
@@ -272,7 +276,9 @@ def run(batch: str | None, no_progress: bool, log_file: str | None, log_format: 
     assert settings.base_url is not None
     store = _open_store(settings.db, None)
     if settings.via == "batch-api":
-        sys.exit(_run_batch_api(store, settings, batch, bool(wait_batches)))
+        code = _run_batch_api(store, settings, batch, bool(wait_batches), flags.get("live_after"))
+        if code is not None:
+            sys.exit(code)  # else: what the provider did not finish in time is finished live
     lanes = lanes_for(settings.keys, settings.limits, settings.per_key_limits,
                       {key: (rec.state, rec.reason) for key, rec in store.key_records().items()})
     options = RunOptions(
@@ -313,11 +319,14 @@ def run(batch: str | None, no_progress: bool, log_file: str | None, log_format: 
     sys.exit(asyncio.run(main()))
 
 
-def _run_batch_api(store: Store, settings: Any, batch: str | None, wait: bool) -> int:
-    """`run --via batch-api`: the queue through the provider's Batch API (`batch_dispatch.py`)."""
+def _run_batch_api(store: Store, settings: Any, batch: str | None, wait: bool, live_after: str | None) -> int | None:
+    """`run --via batch-api`: the queue through the provider's Batch API (`batch_dispatch.py`); its
+    exit code, or None when what is left must be finished live (the deadline comes)."""
     import asyncio
+    import time
 
-    from batchrun.batch_dispatch import BatchApiOptions, BatchDispatcher
+    from batchrun.batch_dispatch import BatchApiOptions, BatchDispatcher, live_switch
+    from batchrun.units import parse_duration
     from batchrun.provider import ProviderClient
     from batchrun.retry import Backoff, RetryPolicy
 
@@ -325,16 +334,20 @@ def _run_batch_api(store: Store, settings: Any, batch: str | None, wait: bool) -
         batch=batch, max_requests=settings.batch_max_requests, max_bytes=settings.batch_max_bytes,
         discount=settings.batch_discount, wait=wait, poll_interval=settings.poll_interval,
         deadline=settings.deadline,
+        live_at=live_switch(time.time(), settings.deadline, parse_duration(live_after) if live_after else None)
+        if wait else None,
         policy=RetryPolicy(settings.max_attempts, Backoff(settings.backoff_base, settings.backoff_max),
                            settings.transient_patience))
 
-    async def main() -> int:
+    async def main() -> int | None:
         async with ProviderClient(settings.base_url or "", request_timeout=settings.request_timeout,
                                   require_request_id=settings.require_request_id) as client:
             report = await BatchDispatcher(store, client, list(settings.keys), options).run()
         lines = report.lines()
         for line in lines:
             click.echo(line)
+        if report.hand_over:
+            return None
         logsetup.record_outcome(lines, report.exit_code)
         return report.exit_code
 
@@ -377,6 +390,8 @@ def status(batch: str | None, as_json: bool, db: str | None, config_path: str | 
     last = view.last_runner(ended=True)
     alive = view.runner_activity(RUNNER_STALE_AFTER)
     by_key, by_model = view.usage("key", batch_id), view.usage("model", batch_id)
+    provider_batches = view.open_provider_batches(batch_id)
+    names = view.batch_names() if provider_batches else {}
     payload = {
         "batches": [{
             "name": c.name, "total": c.total, "queued": c.queued, "running": c.running,
@@ -396,6 +411,11 @@ def status(batch: str | None, as_json: bool, db: str | None, config_path: str | 
         } for c in counts],
         "usage": {"by_key": [_usage_json(u) for u in by_key], "by_model": [_usage_json(u) for u in by_model]},
         "keys": [_key_json(k) for k in keys.values()],
+        "provider_batches": [{
+            "id": b.provider_batch_id, "batch": names.get(b.batch_id, str(b.batch_id)), "endpoint": b.endpoint,
+            "model": b.model, "key": b.key_id, "state": b.state, "status": b.provider_status,
+            "requests": b.requests, "completed": b.completed, "failed": b.failed, "since": b.created_at,
+        } for b in provider_batches],
         "last_run": None if last is None else {
             "runner": last.owner, "started_at": last.started_at, "ended_at": last.ended_at,
             "exit_code": last.exit_code, "outcome": last.outcome,
@@ -442,6 +462,11 @@ def status(batch: str | None, as_json: bool, db: str | None, config_path: str | 
     for a in alive:
         click.echo(f"running: {a.runner.host} pid {a.runner.pid} since {_when(a.runner.started_at)}, "
                    f"{a.jobs_in_flight} job(s) leased (in flight or about to be), keys held: {', '.join(a.keys_held) or 'none (waiting)'}")
+    for b in provider_batches:
+        click.echo(f"at the provider's Batch API: {b.provider_batch_id or '(not created yet)'} "
+                   f"(batch {names.get(b.batch_id, b.batch_id)}, {b.endpoint} {b.model}, key {b.key_id}): "
+                   f"{b.provider_status or b.state}, {b.completed} of {b.requests} completed, {b.failed} failed, "
+                   f"since {_when(b.created_at)}")
     if last is not None:
         click.echo(f"last run: {last.host} pid {last.pid}, ended {_when(last.ended_at)}: "
                    f"exit {last.exit_code}: {last.outcome}")

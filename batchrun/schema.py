@@ -166,6 +166,15 @@ provider_batches = Table(
     Column("message", Text, nullable=True),  # the provider's errors, or why it was given up
 )
 
+#: Named locks with an owner and an expiry ("batch-api": one `run --via batch-api` at a time per
+#: database, so that two cron runs never advance the same provider batch).
+locks = Table(
+    "locks", metadata,
+    Column("name", String(64), primary_key=True),
+    Column("owner", String(200), nullable=False),  # host:pid
+    Column("expires", Float, nullable=False),
+)
+
 #: What batchrun knows about an API key, by its public id; never the secret.
 api_keys = Table(
     "api_keys", metadata,

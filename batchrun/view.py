@@ -19,7 +19,15 @@ from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
 from batchrun.errors import StoreError
-from batchrun.records import BatchCounts, EndpointCounts, KeyRecord, RunnerActivity, RunnerRecord, UsageRow
+from batchrun.records import (
+    BatchCounts,
+    EndpointCounts,
+    KeyRecord,
+    ProviderBatch,
+    RunnerActivity,
+    RunnerRecord,
+    UsageRow,
+)
 from batchrun.revision import SCHEMA_REVISION
 
 #: runs one statement (with `?` placeholders) and returns its rows
@@ -29,6 +37,8 @@ JOB_STATES = ("queued", "running", "succeeded", "failed", "cancelled")
 _RUNNER = "owner, host, pid, started_at, heartbeat_at, ended_at, exit_code, outcome"
 _KEY = "id, state, reason, since, requests, rate_limited, errors, last_run_at, rate_configured, rate_adapted"
 _USAGE_NAMES = {"key": "key_id", "model": "model"}
+_PROVIDER_BATCH = ("id, batch_id, endpoint, model, key_id, state, requests, input_file_id, provider_batch_id, "
+                   "provider_status, completed, failed, output_file_id, error_file_id, created_at, updated_at, message")
 
 
 class QueueView:
@@ -113,6 +123,14 @@ class QueueView:
         return sorted((UsageRow(name=row[0], requests=int(row[1]), prompt_tokens=int(row[2]),
                                 completion_tokens=int(row[3]), total_tokens=int(row[4]), cost=float(row[5]),
                                 priced=int(row[6])) for row in rows), key=lambda row: row.name)
+
+    def open_provider_batches(self, batch_id: int | None = None) -> list[ProviderBatch]:
+        """Batches at the provider's Batch API not collected yet (`run --via batch-api`), oldest first."""
+        scope, params = ("", ()) if batch_id is None else (" AND batch_id = ?", (batch_id,))
+        with self._read() as query:
+            rows = query(f"SELECT {_PROVIDER_BATCH} FROM provider_batches WHERE state <> 'collected'{scope} "
+                         "ORDER BY id", params)
+        return [ProviderBatch(*row) for row in rows]
 
     def key_records(self) -> dict[str, KeyRecord]:
         with self._read() as query:

@@ -144,3 +144,48 @@ def test_assigned_jobs_are_leased_to_their_provider_batch_and_no_live_run_waits_
         (row,) = store.export_rows(["succeeded"])
         assert row.response == "{}"
         assert [b.id for b in batches.open()] == [first.id, second.id, third.id, fourth.id]
+
+
+def test_what_the_provider_has_not_finished_in_time_is_cancelled_there_and_finished_live(
+        cli: Cli, start_llmock: Any, tmp_path: Path) -> None:
+    mock = start_llmock("--response-style", "echo")  # its batches take a few seconds
+    ids = write_mixed(tmp_path / "jobs.jsonl", 12, 3)
+    assert cli("submit", str(tmp_path / "jobs.jsonl")).returncode == 0
+    keys = make_keys(1)
+    env = {"BATCHRUN_BASE_URL": mock.base_url, "BATCHRUN_API_KEYS": keys[0]}
+    result = cli("run", "--via", "batch-api", "--wait", "--poll-interval", "0.1s", "--live-after", "0.3s",
+                 "--max-duration", "2m", "--no-progress", env=env, timeout=150)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "the provider did not finish in time: the rest goes live" in result.stdout
+    assert cli("export", "--output", str(tmp_path / "out.jsonl")).returncode == 0
+    rows = read_jsonl(tmp_path / "out.jsonl")
+    assert sorted(row["custom_id"] for row in rows) == sorted(ids)
+    made = provider_batches(mock, keys[0])
+    assert made and all(b["status"] in ("cancelled", "cancelling", "completed") for b in made)
+    assert any(b["status"] != "completed" for b in made)  # one was taken back...
+    live = [r["path"] for r in mock.requests() if r["method"] == "POST" and r["path"] in
+            ("/v1/chat/completions", "/v1/embeddings")]
+    assert live  # ...and its jobs were sent live
+
+
+def test_a_second_batch_api_run_on_the_same_database_does_nothing_while_the_first_works(
+        cli: Cli, start_llmock: Any, tmp_path: Path) -> None:
+    mock = start_llmock("--response-style", "echo")
+    write_mixed(tmp_path / "jobs.jsonl", 5, 0)
+    assert cli("submit", str(tmp_path / "jobs.jsonl")).returncode == 0
+    env = {"BATCHRUN_BASE_URL": mock.base_url, "BATCHRUN_API_KEYS": make_keys(1)[0]}
+    first = cli.popen("run", "--via", "batch-api", "--wait", "--poll-interval", "0.2s", env=env)
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:  # until the first one has its batch at the provider
+            if any(r["path"] == "/v1/batches" for r in mock.requests()):
+                break
+            time.sleep(0.05)
+        second = cli("run", "--via", "batch-api", env=env)
+        assert second.returncode == 3
+        assert "another `run --via batch-api` is at work on this database" in second.stdout
+        assert f":{first.pid})" in second.stdout
+    finally:
+        out, err = first.communicate(timeout=60)
+    assert first.returncode == 0, out + err
+    assert [r["path"] for r in mock.requests() if r["method"] == "POST"].count("/v1/batches") == 1

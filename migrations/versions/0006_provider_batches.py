@@ -2,7 +2,8 @@
 
 provider_batches: one row per batch at the provider, with every id it gave (input file, batch,
 output and error files) and its last polled status; jobs.provider_batch_id: the provider batch a job
-was last sent in. Columns are added to `jobs` with plain ALTER TABLE (see 0004, 0005).
+was last sent in; locks: named locks with an owner and an expiry (one batch-API dispatcher at a
+time). Columns are added to `jobs` with plain ALTER TABLE (see 0004, 0005).
 
 Revision ID: 0006
 Revises: 0005
@@ -45,8 +46,15 @@ def upgrade() -> None:
     sa.PrimaryKeyConstraint('id', name=op.f('pk_provider_batches'))
     )
     op.add_column('jobs', sa.Column('provider_batch_id', Id, nullable=True))
+    op.create_table('locks',
+    sa.Column('name', sa.String(length=64), nullable=False),
+    sa.Column('owner', sa.String(length=200), nullable=False),
+    sa.Column('expires', sa.Float(), nullable=False),
+    sa.PrimaryKeyConstraint('name', name=op.f('pk_locks'))
+    )
 
 
 def downgrade() -> None:
+    op.drop_table('locks')
     op.drop_column('jobs', 'provider_batch_id')
     op.drop_table('provider_batches')
