@@ -11,6 +11,11 @@ is free; dropped connections; and a `request_id` on every success. It serves
     POST /v1/chat/completions  POST /v1/completions  POST /v1/responses
     POST /v1/embeddings        POST /v1/moderations   GET  /v1/models
 
+the Files and Batches API, so a client of OpenAI's batch API can be tested offline,
+
+    POST /v1/files    GET /v1/files[/{id}[/content]]    DELETE /v1/files/{id}
+    POST /v1/batches  GET /v1/batches[/{id}]            POST /v1/batches/{id}/cancel
+
 and the controls `GET /_sim/stats`, `POST /_sim/config`, `POST /_sim/reset`. One module per concern:
 
     config.py       SimulatorConfig and the live changes of POST /_sim/config
@@ -20,6 +25,8 @@ and the controls `GET /_sim/stats`, `POST /_sim/config`, `POST /_sim/reset`. One
     endpoint.py     what an endpoint module gives the gateway; the validators' shared pieces
     gateway.py      the checks every endpoint shares: keys, budgets, limits, faults, latency
     chat.py, completions.py, responses.py, embeddings.py, moderations.py    one per endpoint
+    files.py        the Files API: an in-memory file store
+    batches.py      the Batches API: batch objects, input-file rules, processing over simulated time
     app.py          the routes, create_app, running_simulator, SimulatorThread, serve
     cli.py          `batchrun simulate`
 
@@ -46,7 +53,7 @@ if TYPE_CHECKING:
     from batchrun.simulator.chat import validate_body
     from batchrun.simulator.config import SimulatorConfig, apply_config_changes
     from batchrun.simulator.embeddings import embedding_for
-    from batchrun.simulator.state import KeyStats, SimulatorState, SlidingWindow
+    from batchrun.simulator.state import BatchLedger, KeyStats, SimulatorState, SlidingWindow
 
 _HOMES = {
     "CONFIG_KEY": "app",
@@ -61,6 +68,7 @@ _HOMES = {
     "SimulatorConfig": "config",
     "apply_config_changes": "config",
     "embedding_for": "embeddings",
+    "BatchLedger": "state",
     "KeyStats": "state",
     "SimulatorState": "state",
     "SlidingWindow": "state",

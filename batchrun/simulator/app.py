@@ -6,11 +6,14 @@
     POST /v1/responses           responses.py
     POST /v1/embeddings          embeddings.py
     POST /v1/moderations         moderations.py
+    POST /v1/files  GET /v1/files[/{id}[/content]]  DELETE /v1/files/{id}       files.py
+    POST /v1/batches  GET /v1/batches[/{id}]  POST /v1/batches/{id}/cancel     batches.py
     GET  /_sim/stats             the counters (`SimulatorState.snapshot()`) as JSON
     POST /_sim/config            change the configuration of a running simulator
-    POST /_sim/reset             zero the counters
+    POST /_sim/reset             zero the counters (files and batches stay)
 
-Every `POST /v1/...` route goes through the one `Gateway` (gateway.py) with its endpoint module.
+Every `POST /v1/...` endpoint route goes through the one `Gateway` (gateway.py) with its endpoint
+module; a batch answers its lines with the same modules, through the same gateway.
 """
 
 from __future__ import annotations
@@ -29,12 +32,14 @@ from typing import TextIO
 from aiohttp import web
 
 from batchrun.errors import ConfigError
+from batchrun.simulator.batches import BatchRoutes
 from batchrun.simulator.catalog import catalogue_entries
 from batchrun.simulator.chat import CHAT
 from batchrun.simulator.completions import COMPLETIONS
 from batchrun.simulator.config import SimulatorConfig, apply_config_changes
 from batchrun.simulator.embeddings import EMBEDDINGS
 from batchrun.simulator.endpoint import Endpoint
+from batchrun.simulator.files import FileRoutes, FileStore
 from batchrun.simulator.gateway import Gateway, Refused, read_json
 from batchrun.simulator.moderations import MODERATIONS
 from batchrun.simulator.responses import RESPONSES
@@ -70,8 +75,7 @@ class _Handlers:
     async def models(self, request: web.Request) -> web.Response:
         self.state.count_models_request()
         try:
-            token, key = self.gateway.identify(request)
-            self.gateway.check_key(token, key)
+            self.gateway.authorise(request)
         except Refused as refused:
             return refused.response()
         config = self.config
@@ -115,6 +119,9 @@ def create_app(config: SimulatorConfig) -> web.Application:
     app.router.add_get("/v1/models", handlers.models)
     for endpoint in ENDPOINTS:
         app.router.add_post(endpoint.path, _route(gateway, endpoint))
+    files = FileStore()
+    FileRoutes(gateway, files, state.batches).add_to(app)
+    BatchRoutes(gateway, files, state.batches, ENDPOINTS).add_to(app)
     app.router.add_get("/_sim/stats", handlers.stats)
     app.router.add_post("/_sim/config", handlers.change_config)
     app.router.add_post("/_sim/reset", handlers.reset)

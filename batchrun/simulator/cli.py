@@ -24,6 +24,10 @@ def _duration(ctx: click.Context, param: click.Parameter, value: str | None) -> 
         raise click.BadParameter(str(exc), ctx=ctx, param=param) from exc
 
 
+def _optional_duration(ctx: click.Context, param: click.Parameter, value: str | None) -> float | None:
+    return None if value is None else _duration(ctx, param, value)
+
+
 def _rate(ctx: click.Context, param: click.Parameter, value: str | None) -> Rate | None:
     if value is None:
         return None
@@ -113,6 +117,43 @@ def _option(flag: str, **kwargs: Any) -> Callable[[FC], FC]:
          help="Send no x-ratelimit-* headers (the limits still hold): a client must learn them from 429s.")
 @_option("--seed", type=int, help="Seed the random faults and jitter, to replay a run.")
 @_option("--require-key-format", is_flag=True, help="Answer keys that are not id:secret with 401.")
+@_option(
+    "--batch-processing-seconds",
+    metavar="DURATION",
+    default="1s",
+    callback=_duration,
+    show_default=True,
+    help="How long a batch takes from validating to completed; its lines are answered one by one meanwhile.",
+)
+@_option(
+    "--batch-expire-after",
+    metavar="DURATION",
+    callback=_optional_duration,
+    help="A batch not finished this long after its creation expires (default: the 24h window).",
+)
+@_option(
+    "--batch-line-fail-rate",
+    metavar="P",
+    type=click.FloatRange(0, 1),
+    default=0.0,
+    help="Probability a batch line is answered 500 server_error (it goes to the error file).",
+)
+@_option(
+    "--batch-max-file-bytes",
+    metavar="N",
+    type=click.IntRange(min=1),
+    default=200_000_000,
+    show_default=True,
+    help="A larger upload to POST /files is a 400 file_too_large.",
+)
+@_option(
+    "--batch-max-requests",
+    metavar="N",
+    type=click.IntRange(min=1),
+    default=50_000,
+    show_default=True,
+    help="A batch input file with more lines fails validation (too_many_tasks).",
+)
 def simulate_command(
     host: str,
     port: int,
@@ -133,6 +174,11 @@ def simulate_command(
     no_rate_headers: bool,
     seed: int | None,
     require_key_format: bool,
+    batch_processing_seconds: float,
+    batch_expire_after: float | None,
+    batch_line_fail_rate: float,
+    batch_max_file_bytes: int,
+    batch_max_requests: int,
 ) -> None:
     """Run an offline OpenAI-compatible provider to rehearse a job file against.
 
@@ -144,6 +190,13 @@ def simulate_command(
       POST /embeddings        sim-embed (alias embed): one deterministic unit vector per input
       POST /moderations       sim-moderation: flags a category its input names ("violence")
       GET  /models            the catalogue
+      POST /files  GET /files/ID[/content]  DELETE /files/ID
+                              the Files API: batch input files (purpose=batch) and outputs
+      POST /batches  GET /batches[/ID]  POST /batches/ID/cancel
+                              the Batch API: a batch of any endpoint above runs in
+                              --batch-processing-seconds, validating, in_progress (lines
+                              answered one by one), finalizing, completed; it can be
+                              cancelled, expire (--batch-expire-after) or fail lines
 
     Every endpoint fails on demand the way real providers do (the options below). It prints one
     line with its base URL, then serves until Ctrl-C or SIGTERM.
@@ -155,6 +208,12 @@ def simulate_command(
     Example, a provider that also limits tokens and sheds load with random 429s:
 
         batchrun simulate --port 0 --token-limit 10000/1m --rate-limited-rate 0.05
+
+    Example, batches that take 30 s, fail 2% of their lines and expire after 20 s:
+
+    \b
+        batchrun simulate --port 0 --batch-processing-seconds 30s \\
+            --batch-line-fail-rate 0.02 --batch-expire-after 20s
     """
     # imported here: `batchrun status` should not pay for loading aiohttp's server
     from batchrun.simulator import SimulatorConfig, serve
@@ -177,6 +236,11 @@ def simulate_command(
         rate_headers=not no_rate_headers,
         seed=seed,
         require_key_format=require_key_format,
+        batch_processing_seconds=batch_processing_seconds,
+        batch_expire_after=batch_expire_after,
+        batch_line_fail_rate=batch_line_fail_rate,
+        batch_max_file_bytes=batch_max_file_bytes,
+        batch_max_requests=batch_max_requests,
     )
     try:
         serve(config, host, port)

@@ -48,6 +48,12 @@ class SimulatorConfig:
     # providers do) while the models still enforce them, so clients meet the provider's own 400s
     publish_metadata: bool = True
     seed: int | None = None
+    # the Files and Batches API (files.py, batches.py); each batch reads these when it is created
+    batch_processing_seconds: float = 1.0  # from created to completed: validating, in_progress, finalizing
+    batch_expire_after: float | None = None  # seconds after creation an unfinished batch expires (None: 24 h)
+    batch_line_fail_rate: float = 0.0  # probability a batch line is answered 500 server_error
+    batch_max_file_bytes: int = 200_000_000  # an upload larger than this is a 400 (OpenAI: 200 MB)
+    batch_max_requests: int = 50_000  # a batch file with more lines fails validation (OpenAI: 50,000)
 
 
 def apply_config_changes(config: SimulatorConfig, changes: Any) -> None:
@@ -55,8 +61,9 @@ def apply_config_changes(config: SimulatorConfig, changes: Any) -> None:
 
     Keys: remove_models, add_models, aliases (merged; null removes one), revoke, expire, fail_rate,
     reset_rate, random_429_rate, random_429_retry_after, latency, latency_jitter, rate_limit and
-    token_limit ("20/1s" or null), org_budget, key_budgets (merged). Raises ValueError naming the
-    problem.
+    token_limit ("20/1s" or null), org_budget, key_budgets (merged), batch_processing_seconds,
+    batch_expire_after (null: none), batch_line_fail_rate, batch_max_file_bytes, batch_max_requests.
+    Raises ValueError naming the problem.
     """
     if not isinstance(changes, dict):
         raise ValueError("the body must be a JSON object")
@@ -160,6 +167,24 @@ def _key_budgets(value: Any) -> _Step:
     return lambda config: config.key_budgets.update(value)
 
 
+def _optional_seconds(attribute: str) -> Callable[[Any], _Step]:
+    def parse(value: Any) -> _Step:
+        if value is None:
+            return lambda config: setattr(config, attribute, None)
+        return _seconds(attribute)(value)
+
+    return parse
+
+
+def _positive_int(attribute: str) -> Callable[[Any], _Step]:
+    def parse(value: Any) -> _Step:
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise ValueError(f"{attribute} must be a positive integer")
+        return lambda config: setattr(config, attribute, value)
+
+    return parse
+
+
 def _string_list(value: Any, name: str) -> list[str]:
     if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
         raise ValueError(f"{name} must be a list of strings")
@@ -182,4 +207,9 @@ _CONFIG_CHANGES: dict[str, Callable[[Any], _Step]] = {
     "token_limit": _rate("token_limit"),
     "org_budget": _org_budget,
     "key_budgets": _key_budgets,
+    "batch_processing_seconds": _seconds("batch_processing_seconds"),
+    "batch_expire_after": _optional_seconds("batch_expire_after"),
+    "batch_line_fail_rate": _probability("batch_line_fail_rate"),
+    "batch_max_file_bytes": _positive_int("batch_max_file_bytes"),
+    "batch_max_requests": _positive_int("batch_max_requests"),
 }

@@ -6,19 +6,21 @@ endpoint's `validate`), the model (404 unknown, 403 forbidden for the key, 400 o
 the endpoint), the per-key token limit (429), random faults (a dropped connection, a 503), the model's
 own rules (400, the endpoint's `check`), the configured latency, the budgets once more, and the
 endpoint's answer with a `request_id`. The counters record what a client did, so a test can prove it
-never broke a limit or redid work.
+never broke a limit or redid work. A line of a batch (batches.py) takes the body, model and budget
+steps only (`answer_batch_line`); the Files and Batches routes check the key alone (`authorise`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import math
 import random
 import uuid
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, TypeVar
 
 import orjson
 from aiohttp import web
@@ -26,11 +28,11 @@ from aiohttp import web
 from batchrun.keyid import key_id as public_key_id
 from batchrun.simulator.catalog import ModelSpec, resolve_model
 from batchrun.simulator.config import SimulatorConfig
-from batchrun.simulator.endpoint import Endpoint, Refusal
+from batchrun.simulator.endpoint import Endpoint, Plan, Refusal
 from batchrun.simulator.state import SimulatorState
 from batchrun.units import Rate
 
-__all__ = ["Gateway", "Refused", "read_json"]
+__all__ = ["Gateway", "Refused", "answers_refusals", "read_json"]
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +78,23 @@ class Refused(Exception):
 
     def response(self) -> web.Response:
         return web.json_response(self.body, status=self.status, headers=self.headers)
+
+
+_Owner = TypeVar("_Owner")
+_Route = Callable[[_Owner, web.Request], Awaitable[web.StreamResponse]]
+
+
+def answers_refusals(handler: _Route[_Owner]) -> _Route[_Owner]:
+    """A route method that may raise `Refused` anywhere: the refusal becomes its answer."""
+
+    @functools.wraps(handler)
+    async def route(owner: _Owner, request: web.Request) -> web.StreamResponse:
+        try:
+            return await handler(owner, request)
+        except Refused as refused:
+            return refused.response()
+
+    return route
 
 
 class _Dropped(Exception):
@@ -134,11 +153,7 @@ class Gateway:
             if wait is not None:
                 raise Refused.over_limit("rate_limit_exceeded", f"{config.rate_limit} requests", key, wait)
         body = await read_json(request)
-        problems = endpoint.validate(body)
-        if problems:
-            raise Refused(422, {"detail": problems})
-        model = self._resolve(endpoint, body, key)
-        plan = endpoint.plan(model, body)
+        model, plan = self.admit(endpoint, body, key)
         if config.token_limit is not None and plan.tokens is not None:
             self._admit_tokens(key, config.token_limit, plan.tokens)
         if self._happens(config.reset_rate):
@@ -147,17 +162,42 @@ class Gateway:
         if self._happens(config.fail_rate):
             await self._wait_latency()
             raise Refused.error(503, "no_nodes_available", "No nodes available: all GPU nodes are at capacity")
+        self._check_model_rules(endpoint, model, body, plan)
+        await self._wait_latency()
+        answer = self._succeed(endpoint, model, plan, key)
+        return web.Response(body=orjson.dumps(answer), content_type="application/json")
+
+    def admit(self, endpoint: Endpoint, body: Any, key: str) -> tuple[ModelSpec, Plan]:
+        """The body's schema (422), its model (404, 403, 400 of the wrong kind), and the endpoint's plan."""
+        problems = endpoint.validate(body)
+        if problems:
+            raise Refused(422, {"detail": problems})
+        model = self._resolve(endpoint, body, key)
+        return model, endpoint.plan(model, body)
+
+    def answer_batch_line(self, endpoint: Endpoint, body: Any, key: str) -> dict[str, Any]:
+        """The 200 body for one line of a batch (batches.py), created by `key`; raises `Refused` otherwise.
+
+        A batch line meets the same schema, catalogue and model rules and the same budgets as a live
+        request, but none of the live path's per-key request and token limits (the batch API has its own
+        pool), random faults or latency: the batch's own config decides its pace and its failures.
+        """
+        model, plan = self.admit(endpoint, body, key)
+        self._check_model_rules(endpoint, model, body, plan)
+        return self._succeed(endpoint, model, plan, key)
+
+    def _check_model_rules(self, endpoint: Endpoint, model: ModelSpec, body: Any, plan: Plan) -> None:
         refusal = endpoint.check(model, body, plan)
         if refusal is not None:
             raise Refused.refusal(400, refusal)
-        await self._wait_latency()
+
+    def _succeed(self, endpoint: Endpoint, model: ModelSpec, plan: Plan, key: str) -> dict[str, Any]:
         # budgets again, with no await before the success is counted: concurrent requests that
         # all passed the first check must not overspend a budget
         self._check_budgets(key)
-        number = state.record_success(key, plan.served, endpoint.name)
-        request_id = None if config.omit_request_id else f"req_{uuid.uuid4().hex}"
-        answer = endpoint.answer(model, plan, number, request_id)
-        return web.Response(body=orjson.dumps(answer), content_type="application/json")
+        number = self.state.record_success(key, plan.served, endpoint.name)
+        request_id = None if self.config.omit_request_id else f"req_{uuid.uuid4().hex}"
+        return endpoint.answer(model, plan, number, request_id)
 
     def _admit_tokens(self, key: str, limit: Rate, tokens: int) -> None:
         wait = self.state.admit_tokens(key, limit, tokens)
@@ -185,6 +225,12 @@ class Gateway:
                 "not just the first one",
             )
         return token, public_key_id(token)
+
+    def authorise(self, request: web.Request) -> str:
+        """The public key id of a request's key, or the 401 a missing or unusable key gets."""
+        token, key = self.identify(request)
+        self.check_key(token, key)
+        return key
 
     def check_key(self, token: str, key: str) -> None:
         """401 for a malformed, unknown, revoked or expired key."""

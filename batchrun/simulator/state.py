@@ -20,7 +20,7 @@ import orjson
 
 from batchrun.units import Rate
 
-__all__ = ["KeyStats", "SimulatorState", "SlidingWindow"]
+__all__ = ["BatchLedger", "KeyStats", "SimulatorState", "SlidingWindow"]
 
 
 class SlidingWindow:
@@ -130,6 +130,119 @@ class KeyStats:
         }
 
 
+@dataclass
+class _BatchEntry:
+    """What the ledger knows of one batch: where it came from, the custom_ids it holds, how it stands."""
+
+    id: str
+    input_file_id: str
+    endpoint: str
+    status: str = "validating"
+    model: str | None = None
+    custom_ids: tuple[str, ...] = ()  # sorted; empty until the input file passes validation
+    total: int = 0
+    completed: int = 0
+    failed: int = 0
+
+    def snapshot(self) -> dict[str, Any]:
+        digest = hashlib.sha256("\n".join(self.custom_ids).encode()).hexdigest()
+        return {
+            "id": self.id,
+            "input_file_id": self.input_file_id,
+            "endpoint": self.endpoint,
+            "model": self.model,
+            "status": self.status,
+            "request_counts": {"total": self.total, "completed": self.completed, "failed": self.failed},
+            "custom_ids": list(self.custom_ids),
+            "custom_ids_sha256": digest,
+        }
+
+
+class BatchLedger:
+    """The Files and Batches API's counters, the `batches` section of `GET /_sim/stats`.
+
+    Made so a test can prove a client never sent the same work twice through the batch API: every
+    batch with the sorted custom_ids of its input file (and their digest), how many batches held each
+    custom_id (`custom_id_batches`, only those held by more than one; `duplicate_custom_ids` counts
+    them), and `redone_custom_ids`, the custom_ids answered successfully by more than one batch. A
+    custom_id in two batches is not always a fault (resubmitting a failed or expired line is the point
+    of a retry); one answered twice is. A batch's custom_ids are recorded once its file passes
+    validation. Its own lock, for the same reason as `SimulatorState`'s.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.reset()
+
+    def reset(self) -> None:
+        with self._lock:
+            self.files_uploaded = 0
+            self.file_bytes_uploaded = 0
+            self.files_deleted = 0
+            self._entries: dict[str, _BatchEntry] = {}
+            self._batches_of: dict[str, int] = {}  # custom_id -> batches that held it
+            self._answers_of: dict[str, int] = {}  # custom_id -> successful output lines for it
+
+    def count_upload(self, size: int) -> None:
+        with self._lock:
+            self.files_uploaded += 1
+            self.file_bytes_uploaded += size
+
+    def count_delete(self) -> None:
+        with self._lock:
+            self.files_deleted += 1
+
+    def created(self, batch_id: str, input_file_id: str, endpoint: str) -> None:
+        with self._lock:
+            self._entries[batch_id] = _BatchEntry(batch_id, input_file_id, endpoint)
+
+    def validated(self, batch_id: str, model: str | None, custom_ids: list[str]) -> None:
+        with self._lock:
+            entry = self._entries.get(batch_id)
+            if entry is None:  # created before a reset
+                return
+            entry.model = model
+            entry.custom_ids = tuple(sorted(custom_ids))
+            for custom_id in custom_ids:
+                self._batches_of[custom_id] = self._batches_of.get(custom_id, 0) + 1
+
+    def progress(self, batch_id: str, status: str, total: int, completed: int, failed: int) -> None:
+        with self._lock:
+            entry = self._entries.get(batch_id)
+            if entry is not None:
+                entry.status, entry.total, entry.completed, entry.failed = status, total, completed, failed
+
+    def answered(self, batch_id: str, custom_id: str) -> None:
+        """A line of the batch went to its output file (a 200)."""
+        with self._lock:
+            if batch_id in self._entries:
+                self._answers_of[custom_id] = self._answers_of.get(custom_id, 0) + 1
+
+    def snapshot(self) -> dict[str, Any]:
+        with self._lock:
+            entries = list(self._entries.values())
+            by_status: dict[str, int] = {}
+            for entry in entries:
+                by_status[entry.status] = by_status.get(entry.status, 0) + 1
+            shared = {custom_id: n for custom_id, n in sorted(self._batches_of.items()) if n > 1}
+            return {
+                "files_uploaded": self.files_uploaded,
+                "file_bytes_uploaded": self.file_bytes_uploaded,
+                "files_deleted": self.files_deleted,
+                "created": len(entries),
+                "by_status": dict(sorted(by_status.items())),
+                "requests": {
+                    "total": sum(entry.total for entry in entries),
+                    "completed": sum(entry.completed for entry in entries),
+                    "failed": sum(entry.failed for entry in entries),
+                },
+                "items": [entry.snapshot() for entry in entries],
+                "custom_id_batches": shared,
+                "duplicate_custom_ids": len(shared),
+                "redone_custom_ids": sum(1 for n in self._answers_of.values() if n > 1),
+            }
+
+
 class SimulatorState:
     """The simulator's counters, for tests and `GET /_sim/stats`.
 
@@ -137,7 +250,9 @@ class SimulatorState:
     (`SimulatorThread`), so every change and `snapshot()` hold one `threading.Lock`; the handlers
     never await while holding it. `requests_total` and `by_status` count the requests of every
     `POST /v1/...` endpoint; `by_endpoint` splits them by endpoint (requests and successes);
-    catalogue requests are `models_requests`.
+    catalogue requests are `models_requests`. A batch line answered 200 counts as a success
+    (`completions_ok`, `ok`, `duplicates`, budgets) but not as a request; the Files and Batches API
+    keeps its own counters, `batches` (a `BatchLedger`).
     """
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
@@ -145,6 +260,7 @@ class SimulatorState:
         self.clock = clock
         self._lock = threading.Lock()
         self._completion_ids = 0  # never reset, so ids stay unique for the life of the server
+        self.batches = BatchLedger()
         self.reset()
 
     def reset(self) -> None:
@@ -162,6 +278,7 @@ class SimulatorState:
             self.in_flight = 0
             self.max_in_flight = 0
             self._served: set[bytes] = set()
+        self.batches.reset()
 
     @property
     def prompts_served(self) -> int:
@@ -197,6 +314,7 @@ class SimulatorState:
                 "resets": self.resets,
                 "in_flight": self.in_flight,
                 "max_in_flight": self.max_in_flight,
+                "batches": self.batches.snapshot(),
             }
 
     # -- updates, called by the handlers -------------------------------------------------------
