@@ -12,6 +12,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+import pytest
 from conftest import Cli, make_keys, read_jsonl
 
 from batchrun.jobfile import JobSpec, parse_line
@@ -189,3 +190,104 @@ def test_a_second_batch_api_run_on_the_same_database_does_nothing_while_the_firs
         out, err = first.communicate(timeout=60)
     assert first.returncode == 0, out + err
     assert [r["path"] for r in mock.requests() if r["method"] == "POST"].count("/v1/batches") == 1
+
+
+# --- the simulator's Batch API: the whole flow offline ---------------------------------------------------
+
+
+def write_chats(path: Path, count: int, model: str = "fast", **extra: Any) -> set[str]:
+    with path.open("w") as out:
+        for i in range(count):
+            out.write(json.dumps({"custom_id": f"job-{i:05d}", "model": model,
+                                  "messages": [{"role": "user", "content": f"question number {i}"}], **extra}) + "\n")
+    return {f"job-{i:05d}" for i in range(count)}
+
+
+def test_10000_jobs_through_the_simulators_batch_api_cost_half_of_live(tmp_path: Path) -> None:
+    from batchrun.simulator import SimulatorConfig, SimulatorThread
+
+    ids = write_chats(tmp_path / "jobs.jsonl", 10_000, max_tokens=20)
+    live_cli = Cli(tmp_path, {"BATCHRUN_DB": f"sqlite:///{tmp_path / 'live.db'}"})
+    batch_cli = Cli(tmp_path, {"BATCHRUN_DB": f"sqlite:///{tmp_path / 'batch.db'}"})
+    with SimulatorThread(SimulatorConfig(seed=3, batch_processing_seconds=0.5)) as sim:
+        env = {"BATCHRUN_BASE_URL": sim.base_url, "BATCHRUN_API_KEYS": ",".join(make_keys(2))}
+        for cli in (live_cli, batch_cli):
+            assert cli("submit", str(tmp_path / "jobs.jsonl")).returncode == 0
+        assert live_cli("run", "--no-progress", "--concurrency", "64", env=env, timeout=300).returncode == 0
+        result = batch_cli("run", "--via", "batch-api", "--wait", "--poll-interval", "0.2s",
+                           "--batch-max-requests", "4000", env=env, timeout=300)
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert "3 provider batch(es) created, 3 collected; 10000 succeeded" in result.stdout
+        stats = sim.state.snapshot()["batches"]
+        assert stats["created"] == 3 and stats["redone_custom_ids"] == 0
+    exports = {}
+    for name, cli in (("live", live_cli), ("batch", batch_cli)):
+        assert cli("export", "--output", str(tmp_path / f"{name}.jsonl")).returncode == 0
+        exports[name] = {row["custom_id"]: row for row in read_jsonl(tmp_path / f"{name}.jsonl")}
+    live, batch = exports["live"], exports["batch"]
+    assert set(live) == set(batch) == ids
+    for custom_id in ("job-00000", "job-04321", "job-09999"):
+        one, other = live[custom_id], batch[custom_id]
+        assert one.keys() == other.keys() and one["response"].keys() == other["response"].keys()
+        assert one["batchrun"].keys() == other["batchrun"].keys()
+        assert one["response"]["body"]["choices"][0]["message"] == other["response"]["body"]["choices"][0]["message"]
+        assert other["batchrun"]["cost"] == pytest.approx(one["batchrun"]["cost"] / 2)
+    live_cost = json.loads(live_cli("status", "--json").stdout)["batches"][0]["cost"]
+    batch_cost = json.loads(batch_cli("status", "--json").stdout)["batches"][0]["cost"]
+    assert live_cost > 0 and batch_cost == pytest.approx(live_cost / 2)
+
+
+def test_an_expired_provider_batch_sends_its_unfinished_jobs_back_and_a_deadline_finishes_them_live(
+        tmp_path: Path) -> None:
+    from batchrun.simulator import SimulatorConfig, SimulatorThread
+
+    ids = write_chats(tmp_path / "jobs.jsonl", 200)
+    cli = Cli(tmp_path, {"BATCHRUN_DB": f"sqlite:///{tmp_path / 'q.db'}"})
+    assert cli("submit", str(tmp_path / "jobs.jsonl")).returncode == 0
+    # the provider takes 4 s for a batch and gives up after 2 s: about half the lines expire
+    config = SimulatorConfig(seed=4, batch_processing_seconds=4.0, batch_expire_after=2.0)
+    with SimulatorThread(config) as sim:
+        env = {"BATCHRUN_BASE_URL": sim.base_url, "BATCHRUN_API_KEYS": ",".join(make_keys(2))}
+        first = cli("run", "--via", "batch-api", "--wait", "--poll-interval", "0.2s", env=env, timeout=120)
+        assert first.returncode == 3, first.stdout + first.stderr  # expired lines are back in the queue
+        (batch,) = json.loads(cli("status", "--json").stdout)["batches"]
+        assert 0 < batch["queued"] < 200 and batch["succeeded"] == 200 - batch["queued"]
+        assert sim.state.snapshot()["batches"]["by_status"] == {"expired": 1}
+        # the next night, with a deadline: the provider expires again, the rest is finished live in time
+        second = cli("run", "--via", "batch-api", "--wait", "--poll-interval", "0.2s", "--live-after", "1s",
+                     "--max-duration", "2m", "--no-progress", env=env, timeout=150)
+        assert second.returncode == 0, second.stdout + second.stderr
+        assert sim.state.snapshot()["batches"]["redone_custom_ids"] == 0
+    assert cli("export", "--output", str(tmp_path / "out.jsonl")).returncode == 0
+    rows = read_jsonl(tmp_path / "out.jsonl")
+    assert sorted(row["custom_id"] for row in rows) == sorted(ids)
+
+
+def test_error_lines_are_judged_like_live_answers(tmp_path: Path) -> None:
+    from batchrun.simulator import SimulatorConfig, SimulatorThread
+
+    good = write_chats(tmp_path / "jobs.jsonl", 60)
+    with (tmp_path / "jobs.jsonl").open("a") as out:  # too long for sim-mini: a 400 line, final
+        out.write(json.dumps({"custom_id": "too-long", "model": "sim-mini",
+                              "messages": [{"role": "user", "content": "word " * 3000}]}) + "\n")
+    cli = Cli(tmp_path, {"BATCHRUN_DB": f"sqlite:///{tmp_path / 'q.db'}"})
+    assert cli("submit", str(tmp_path / "jobs.jsonl")).returncode == 0
+    with SimulatorThread(SimulatorConfig(seed=5, batch_processing_seconds=0.3, batch_line_fail_rate=0.3)) as sim:
+        env = {"BATCHRUN_BASE_URL": sim.base_url, "BATCHRUN_API_KEYS": ",".join(make_keys(1))}
+        # the prechecks would stop too-long before sending: this run has no catalogue to check with
+        result = None
+        for _ in range(10):  # 500 lines come back to the queue and go in the next batch
+            result = cli("run", "--via", "batch-api", "--wait", "--poll-interval", "0.1s", "--backoff-base", "10ms",
+                         "--backoff-max", "20ms", env=env, timeout=120)
+            if result.returncode != 3:
+                break
+            time.sleep(0.05)
+        assert result is not None and result.returncode == 1, result.stdout + result.stderr  # too-long failed
+        assert sim.state.snapshot()["batches"]["created"] >= 2
+    assert cli("export", "--output", str(tmp_path / "out.jsonl"), "--errors", str(tmp_path / "err.jsonl")).returncode == 0
+    assert sorted(row["custom_id"] for row in read_jsonl(tmp_path / "out.jsonl")) == sorted(good)
+    (failed,) = read_jsonl(tmp_path / "err.jsonl")
+    assert failed["custom_id"] == "too-long"
+    assert failed["error"]["code"] in ("bad_request", "context_length_exceeded")
+    retried = [row for row in read_jsonl(tmp_path / "out.jsonl") if row["batchrun"]["attempts"] > 1]
+    assert retried  # the 500 lines were tried again, in a later batch
