@@ -291,3 +291,31 @@ def test_error_lines_are_judged_like_live_answers(tmp_path: Path) -> None:
     assert failed["error"]["code"] in ("bad_request", "context_length_exceeded")
     retried = [row for row in read_jsonl(tmp_path / "out.jsonl") if row["batchrun"]["attempts"] > 1]
     assert retried  # the 500 lines were tried again, in a later batch
+
+
+def test_sigkill_at_random_moments_at_the_simulator_creates_no_batch_twice(tmp_path: Path) -> None:
+    from batchrun.simulator import SimulatorConfig, SimulatorThread
+
+    ids = write_chats(tmp_path / "jobs.jsonl", 300)
+    cli = Cli(tmp_path, {"BATCHRUN_DB": f"sqlite:///{tmp_path / 'q.db'}"})
+    assert cli("submit", str(tmp_path / "jobs.jsonl")).returncode == 0
+    args = ("run", "--via", "batch-api", "--wait", "--poll-interval", "0.1s", "--batch-max-requests", "40")
+    rng = random.Random(29)
+    with SimulatorThread(SimulatorConfig(seed=6, batch_processing_seconds=1.5)) as sim:
+        env = {"BATCHRUN_BASE_URL": sim.base_url, "BATCHRUN_API_KEYS": ",".join(make_keys(1))}
+        kills = 0
+        for _ in range(5):
+            runner = cli.popen(*args, env=env)
+            time.sleep(rng.uniform(0.2, 1.5))
+            if runner.poll() is None:
+                runner.send_signal(signal.SIGKILL)
+                kills += 1
+            runner.communicate(timeout=30)
+        final = cli(*args, env=env, timeout=120)
+        stats = sim.state.snapshot()["batches"]
+    assert kills >= 3
+    assert final.returncode == 0, final.stdout + final.stderr
+    assert cli("export", "--output", str(tmp_path / "out.jsonl")).returncode == 0
+    assert sorted(row["custom_id"] for row in read_jsonl(tmp_path / "out.jsonl")) == sorted(ids)
+    assert stats["duplicate_custom_ids"] == 0 and stats["redone_custom_ids"] == 0, stats["custom_id_batches"]
+    assert stats["requests"]["total"] == len(ids)
