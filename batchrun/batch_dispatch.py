@@ -50,7 +50,7 @@ from batchrun.store import Store
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-__all__ = ["BatchApiOptions", "BatchApiReport", "BatchDispatcher", "TERMINAL"]
+__all__ = ["BatchApiOptions", "BatchApiReport", "BatchDispatcher", "TERMINAL", "cancel_provider_batches", "live_switch"]
 
 #: provider statuses after which nothing more will happen to a batch
 TERMINAL = frozenset(("completed", "failed", "expired", "cancelled"))
@@ -291,6 +291,14 @@ class BatchDispatcher:
                 if len(pending) >= _RECORD_CHUNK:
                     await self._record(batch, pending)
                     pending = []
+        if batch.cancel_requested:  # `batchrun cancel`: what it did not answer is cancelled
+            await self._record(batch, pending)
+            cancelled = await self._call(self._store.provider_batches.cancel_unanswered, batch.id)
+            await self._call(self._store.provider_batches.update, batch.id, state="collected")
+            self.report.collected += 1
+            log.info("provider batch %d (%s) collected after a cancel: %d job(s) cancelled", batch.id,
+                     batch.provider_batch_id, cancelled)
+            return
         # What the provider did not answer (a failed or cancelled batch, a line it lost) goes back to the queue.
         now = time.time()
         message = f"provider batch {batch.provider_batch_id} ended {batch.provider_status} without an answer for it"
@@ -366,6 +374,35 @@ class BatchDispatcher:
 
     async def _call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._db, functools.partial(fn, *args, **kwargs))
+
+
+async def cancel_provider_batches(store: Store, client: ProviderClient, keys: list[ApiKey],
+                                  batch_id: int | None = None) -> tuple[int, int]:
+    """`batchrun cancel` for the provider's batches: (batches cancelled at the provider, jobs cancelled
+    here). A batch not created there yet is dropped here and its jobs cancelled; one at the provider is
+    asked to cancel and marked, so that the next `run --via batch-api` collects what it finished and
+    cancels the rest."""
+    by_id = {key.id: key for key in keys}
+    at_provider = cancelled = 0
+    batches = store.provider_batches
+    for batch in await asyncio.to_thread(batches.open, batch_id):
+        if batch.state != "created" or not batch.provider_batch_id:
+            cancelled += await asyncio.to_thread(batches.cancel_unanswered, batch.id)
+            await asyncio.to_thread(batches.update, batch.id, state="collected", message="cancelled before it was created")
+            continue
+        key = by_id.get(batch.key_id)
+        if key is None:
+            log.warning("provider batch %s was made with key %s, which is not given: not cancelled",
+                        batch.provider_batch_id, batch.key_id)
+            continue
+        try:
+            await client.cancel_batch(key, batch.provider_batch_id)
+        except ProviderError as exc:  # it finished meanwhile (400 "cannot cancel"): its results stand
+            log.warning("provider batch %s not cancelled: %s", batch.provider_batch_id, exc)
+            continue
+        at_provider += 1
+        await asyncio.to_thread(batches.update, batch.id, cancel_requested=True)
+    return at_provider, cancelled
 
 
 def _owner_alive(owner: str) -> bool:

@@ -109,6 +109,15 @@ class ProviderBatches:
             conn.execute(update(provider_batches).where(provider_batches.c.id == provider_batch)
                          .values(**changes, updated_at=time.time()))
 
+    def cancel_unanswered(self, provider_batch: int, now: float | None = None) -> int:
+        """Cancel its jobs still at the provider (`batchrun cancel` asked for it): they are not requeued."""
+        now = time.time() if now is None else now
+        with self._store._write() as conn:
+            return int(conn.execute(update(jobs).where(jobs.c.lease_owner == provider_batch_owner(provider_batch),
+                                                       jobs.c.state == _RUNNING)
+                                    .values(state="cancelled", lease_owner=None, lease_expires=None,
+                                            finished_at=now)).rowcount)
+
     def lines(self, provider_batch: int, chunk: int = 500) -> Iterator[tuple[str, str]]:
         """(custom_id, body) of its jobs still at the provider, in id order, read in chunks."""
         owner = provider_batch_owner(provider_batch)

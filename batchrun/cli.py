@@ -504,18 +504,22 @@ def retry(batch: str | None, code: str | None, db: str | None, config_path: str 
 
 @cli.command()
 @click.option("--batch", help="Only this batch. [default: every batch]")
+@provider_options
 @db_options
-def cancel(batch: str | None, db: str | None, config_path: str | None) -> None:
+def cancel(batch: str | None, db: str | None, config_path: str | None, **flags: Any) -> None:
     """Cancel the queued jobs: `batchrun run` no longer sends them and `export` leaves them out.
 
     Finished results stay; jobs in flight in a running `batchrun run` finish. `batchrun retry` does
-    not bring cancelled jobs back: submit them again in a new batch.
+    not bring cancelled jobs back: submit them again in a new batch. Batches at the provider's Batch
+    API (`run --via batch-api`) are cancelled there too, given the provider and its keys: the next
+    `run --via batch-api` collects what they finished and cancels the rest.
 
     \b
       batchrun cancel --batch nightly
     """
     store = _open_store(db, config_path)
     batch_id = _batch_id(store, batch)
+    _cancel_provider_batches(store, batch_id, {**flags, "db": db}, config_path)
     cancelled = store.cancel_queued(batch_id)
     scope = f" in batch {batch}" if batch else ""
     in_flight = sum(counts.running for counts in store.counts(batch_id))
@@ -524,6 +528,31 @@ def cancel(batch: str | None, db: str | None, config_path: str | None) -> None:
         click.echo(f"cancelled {cancelled} queued job(s){scope}; finished results stay{note}")
     else:
         click.echo(f"no queued job to cancel{scope}{note}")
+
+
+def _cancel_provider_batches(store: Store, batch_id: int | None, flags: dict[str, Any], config_path: str | None) -> None:
+    open_batches = store.provider_batches.open(batch_id)
+    if not open_batches:
+        return
+    settings = _settings(flags, config_path)
+    if not settings.base_url or not settings.keys:
+        jobs = sum(b.requests for b in open_batches)
+        click.echo(f"{len(open_batches)} provider batch(es) with {jobs} job(s) are at the provider's Batch API: "
+                   "give --base-url and the keys (BATCHRUN_API_KEYS) to cancel them there too")
+        return
+    import asyncio
+
+    from batchrun.batch_dispatch import cancel_provider_batches
+    from batchrun.provider import ProviderClient
+
+    async def main() -> tuple[int, int]:
+        async with ProviderClient(settings.base_url or "") as client:
+            return await cancel_provider_batches(store, client, list(settings.keys), batch_id)
+
+    at_provider, dropped = asyncio.run(main())
+    click.echo(f"asked the provider to cancel {at_provider} batch(es) (the next `run --via batch-api` collects "
+               f"what they finished and cancels the rest); {dropped} job(s) of batches not yet at the provider "
+               "cancelled")
 
 
 #: a runner whose heartbeat is older than this is not shown as alive (heartbeats come every lease / 3)

@@ -262,6 +262,7 @@ class ProviderBatch:
     created_at: float
     updated_at: float
     message: str | None
+    cancel_requested: bool = False
 
     @property
     def owner(self) -> str:

@@ -164,6 +164,8 @@ provider_batches = Table(
     Column("created_at", Float, nullable=False),
     Column("updated_at", Float, nullable=False),
     Column("message", Text, nullable=True),  # the provider's errors, or why it was given up
+    # `batchrun cancel` asked the provider to cancel it: what it did not answer is cancelled, not requeued
+    Column("cancel_requested", Boolean, nullable=False, default=False, server_default="0"),
 )
 
 #: Named locks with an owner and an expiry ("batch-api": one `run --via batch-api` at a time per

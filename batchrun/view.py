@@ -38,7 +38,8 @@ _RUNNER = "owner, host, pid, started_at, heartbeat_at, ended_at, exit_code, outc
 _KEY = "id, state, reason, since, requests, rate_limited, errors, last_run_at, rate_configured, rate_adapted"
 _USAGE_NAMES = {"key": "key_id", "model": "model"}
 _PROVIDER_BATCH = ("id, batch_id, endpoint, model, key_id, state, requests, input_file_id, provider_batch_id, "
-                   "provider_status, completed, failed, output_file_id, error_file_id, created_at, updated_at, message")
+                   "provider_status, completed, failed, output_file_id, error_file_id, created_at, updated_at, message, "
+                   "cancel_requested")
 
 
 class QueueView:

@@ -319,3 +319,29 @@ def test_sigkill_at_random_moments_at_the_simulator_creates_no_batch_twice(tmp_p
     assert sorted(row["custom_id"] for row in read_jsonl(tmp_path / "out.jsonl")) == sorted(ids)
     assert stats["duplicate_custom_ids"] == 0 and stats["redone_custom_ids"] == 0, stats["custom_id_batches"]
     assert stats["requests"]["total"] == len(ids)
+
+
+def test_cancel_cancels_the_provider_batches_and_the_next_run_collects_what_they_finished(tmp_path: Path) -> None:
+    from batchrun.simulator import SimulatorConfig, SimulatorThread
+
+    write_chats(tmp_path / "jobs.jsonl", 100)
+    cli = Cli(tmp_path, {"BATCHRUN_DB": f"sqlite:///{tmp_path / 'q.db'}"})
+    assert cli("submit", str(tmp_path / "jobs.jsonl")).returncode == 0
+    with SimulatorThread(SimulatorConfig(seed=7, batch_processing_seconds=8.0)) as sim:
+        env = {"BATCHRUN_BASE_URL": sim.base_url, "BATCHRUN_API_KEYS": ",".join(make_keys(1))}
+        assert cli("run", "--via", "batch-api", env=env).returncode == 3
+        without = cli("cancel")  # no provider given: says what it cannot do
+        assert "1 provider batch(es) with 100 job(s) are at the provider's Batch API" in without.stdout
+        deadline = time.monotonic() + 30
+        while sim.state.snapshot()["batches"]["requests"]["completed"] < 10 and time.monotonic() < deadline:
+            time.sleep(0.05)  # until the provider is some way through
+        cancelled = cli("cancel", env=env)
+        assert cancelled.returncode == 0, cancelled.stderr
+        assert "asked the provider to cancel 1 batch(es)" in cancelled.stdout
+        final = cli("run", "--via", "batch-api", "--wait", "--poll-interval", "0.1s", env=env, timeout=60)
+        assert final.returncode == 0, final.stdout + final.stderr
+        assert sim.state.snapshot()["batches"]["by_status"] == {"cancelled": 1}
+    (batch,) = json.loads(cli("status", "--json").stdout)["batches"]
+    assert batch["succeeded"] > 0 and batch["cancelled"] > 0 and batch["succeeded"] + batch["cancelled"] == 100
+    assert batch["queued"] == batch["running"] == 0
+    assert json.loads(cli("status", "--json").stdout)["provider_batches"] == []

@@ -42,6 +42,7 @@ def upgrade() -> None:
     sa.Column('created_at', sa.Float(), nullable=False),
     sa.Column('updated_at', sa.Float(), nullable=False),
     sa.Column('message', sa.Text(), nullable=True),
+    sa.Column('cancel_requested', sa.Boolean(), server_default='0', nullable=False),
     sa.ForeignKeyConstraint(['batch_id'], ['batches.id'], name=op.f('fk_provider_batches_batch_id_batches')),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_provider_batches'))
     )
