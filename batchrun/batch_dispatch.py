@@ -40,7 +40,7 @@ import orjson
 
 from batchrun.catalog import Catalog
 from batchrun.endpoints import ENDPOINTS, Endpoint
-from batchrun.errors import NoUsableKey, ProviderError
+from batchrun.errors import KeyUnusable, NoUsableKey, ProviderError
 from batchrun.keys import ApiKey
 from batchrun.provider import ProviderClient, classify, parse_completion
 from batchrun.records import ClaimedJob, Failed, Outcome, ProviderBatch, Retry, Succeeded
@@ -57,6 +57,8 @@ TERMINAL = frozenset(("completed", "failed", "expired", "cancelled"))
 #: the metadata key that ties a provider batch to our row
 METADATA_KEY = "batchrun_provider_batch"
 _RECORD_CHUNK = 500
+#: the first pause between polls with --wait, growing by half each time up to --poll-interval
+FIRST_POLL = 1.0
 #: how long the batch-API lock holds without being renewed (it is renewed at every step and poll)
 LOCK_SECONDS = 300.0
 
@@ -110,7 +112,8 @@ class BatchApiReport:
         for batch in self.open:
             lines.append(f"  provider batch {batch.provider_batch_id or '(not created yet)'}: {batch.requests} "
                          f"jobs of {batch.endpoint} {batch.model}, {batch.provider_status or batch.state} "
-                         f"({batch.completed} completed, {batch.failed} failed) since {_clock(batch.created_at)}")
+                         f"({batch.completed} completed, {batch.failed} failed) since {_clock(batch.created_at)}"
+                         + (f" — {batch.message}" if batch.message else ""))
         lines.append(f"exit {self.exit_code}: {self.reason}")
         return lines
 
@@ -166,6 +169,7 @@ class BatchDispatcher:
             if assigned is None:
                 break
             await self._advance(assigned)
+        polls = 0
         while options.wait:
             still = await self._call(self._store.provider_batches.open, self._batch_id)
             if not still or (options.deadline is not None and time.time() >= options.deadline):
@@ -175,7 +179,10 @@ class BatchDispatcher:
                 self.report.hand_over = True
                 return self._finish(3, "the provider did not finish in time: the rest goes live")
             await self._renew_lock()
-            await asyncio.sleep(min(options.poll_interval, max(0.05, (options.live_at or float("inf")) - time.time())))
+            # backoff: soon after a submit (a small batch may be done in seconds), then every poll_interval
+            pause = min(options.poll_interval, FIRST_POLL * 1.5 ** polls)
+            polls += 1
+            await asyncio.sleep(min(pause, max(0.05, (options.live_at or float("inf")) - time.time())))
             for batch in still:
                 await self._advance(batch)
         open_batches = await self._call(self._store.provider_batches.open, self._batch_id)
@@ -230,6 +237,12 @@ class BatchDispatcher:
                                  message=_errors_text(polled.get("errors")))
                 if polled.get("status") in TERMINAL:
                     await self._collect(await self._call(batches.get, batch.id), key)
+        except KeyUnusable as exc:
+            # The key that made the batch cannot reach it any more: said, with the batch, not lost.
+            await self._call(self._store.set_key_state, key.id, exc.key_state or "invalid", str(exc))
+            await self._call(batches.update, batch.id, message=f"its key {key.id} was refused: {exc}")
+            log.warning("provider batch %s belongs to key %s, which the provider refused (%s): reset the key "
+                        "(batchrun keys reset) to collect it", batch.provider_batch_id or batch.id, key.id, exc)
         except ProviderError as exc:
             log.warning("provider batch %s (%s): %s; tried again on the next run", batch.id,
                         batch.provider_batch_id or batch.state, exc)
@@ -265,12 +278,15 @@ class BatchDispatcher:
 
     async def _upload(self, batch: ProviderBatch, key: ApiKey) -> str:
         handle, path = tempfile.mkstemp(prefix="batchrun-batch-", suffix=".jsonl")
-        try:
+
+        def write() -> None:  # in the database thread, chunk by chunk: memory stays flat
             with os.fdopen(handle, "wb") as out:
-                lines = await self._call(lambda: list(self._store.provider_batches.lines(batch.id)))
-                for custom_id, body in lines:
+                for custom_id, body in self._store.provider_batches.lines(batch.id):
                     out.write(orjson.dumps({"custom_id": custom_id, "method": "POST", "url": batch.endpoint,
                                             "body": orjson.Fragment(body)}) + b"\n")
+
+        try:
+            await self._call(write)
             uploaded = await self._client.upload_batch_file(key, path, f"batchrun-{batch.id}.jsonl")
         finally:
             os.unlink(path)

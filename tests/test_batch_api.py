@@ -345,3 +345,34 @@ def test_cancel_cancels_the_provider_batches_and_the_next_run_collects_what_they
     assert batch["succeeded"] > 0 and batch["cancelled"] > 0 and batch["succeeded"] + batch["cancelled"] == 100
     assert batch["queued"] == batch["running"] == 0
     assert json.loads(cli("status", "--json").stdout)["provider_batches"] == []
+
+
+def test_a_batch_whose_key_is_revoked_meanwhile_is_reported_with_its_key_not_lost(tmp_path: Path) -> None:
+    from batchrun.simulator import SimulatorConfig, SimulatorThread
+
+    write_chats(tmp_path / "jobs.jsonl", 20)
+    cli = Cli(tmp_path, {"BATCHRUN_DB": f"sqlite:///{tmp_path / 'q.db'}"})
+    assert cli("submit", str(tmp_path / "jobs.jsonl")).returncode == 0
+    with SimulatorThread(SimulatorConfig(seed=8, batch_processing_seconds=0.3)) as sim:
+        keys = make_keys(2)
+        env = {"BATCHRUN_BASE_URL": sim.base_url, "BATCHRUN_API_KEYS": ",".join(keys)}
+        assert cli("run", "--via", "batch-api", env=env).returncode == 3  # made with key1
+        sim.config.revoked.add("key1")
+        later = cli("run", "--via", "batch-api", env=env)
+        assert later.returncode == 3, later.stdout + later.stderr
+        assert "its key key1 was refused" in later.stdout
+        assert "reset the key" in later.stderr
+        status = json.loads(cli("status", "--json").stdout)
+        assert {k["id"]: k["state"] for k in status["keys"]}["key1"] == "revoked"
+        (held,) = status["provider_batches"]
+        assert held["key"] == "key1" and held["requests"] == 20
+        sim.config.revoked.discard("key1")  # the key is put right at the provider
+        assert cli("keys", "reset", "key1").returncode == 0
+        final = cli("run", "--via", "batch-api", "--wait", "--poll-interval", "0.1s", env=env)
+        assert final.returncode == 0, final.stdout + final.stderr
+    assert len(read_jsonl_export(cli, tmp_path)) == 20
+
+
+def read_jsonl_export(cli: Cli, tmp_path: Path) -> list[dict[str, Any]]:
+    assert cli("export", "--output", str(tmp_path / "out.jsonl")).returncode == 0
+    return read_jsonl(tmp_path / "out.jsonl")
