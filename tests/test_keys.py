@@ -255,6 +255,19 @@ async def test_request_window_slack_widens_the_span() -> None:
     assert window.delay(1.0) == pytest.approx(0.03)
 
 
+async def test_request_window_keeps_only_the_send_times_of_its_span() -> None:
+    """A generous limit (100000/1s) sent at a few hundred a second holds that second's sends, not 100,000."""
+    window = RequestWindow(Rate(100_000, 1.0), slack=0.0)
+    for i in range(5_000):
+        window.record(i * 0.01)  # 100 a second for 50 s
+    assert len(window._sent) <= 101
+    assert window.delay(50.0) == 0.0
+    full = RequestWindow(Rate(3, 1.0), slack=0.0)
+    for sent in (0.0, 0.1, 0.2):
+        full.record(sent)
+    assert full.delay(0.5) == pytest.approx(0.5)  # the limit still holds
+
+
 # --- KeyLane -------------------------------------------------------------------------------------------
 
 
