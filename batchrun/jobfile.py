@@ -49,7 +49,7 @@ from typing import IO, Any, Final, NamedTuple
 
 import orjson
 
-from batchrun.endpoints import DEFAULT, Endpoint, InvalidField, endpoint_for, known_urls
+from batchrun.endpoints import DEFAULT, ENDPOINTS, Endpoint, InvalidField, endpoint_for, known_urls
 from batchrun.endpoints.base import MISSING, json_type, show
 from batchrun.errors import InputError
 from batchrun.tokens import tokens_for_units
@@ -170,14 +170,18 @@ def _undecodable(text: str | bytes, line: int, exc: orjson.JSONDecodeError) -> B
 
 
 _CHAT_URL: Final = DEFAULT.url
+_ENDPOINTS: Final = ENDPOINTS
 
 
 def _unwrap_batch_line(obj: dict[str, Any]) -> tuple[Any, dict[str, Any], Endpoint]:
     """(custom_id or MISSING, body, endpoint) of a batch-form line, whose envelope is checked here."""
     body = obj.get("body")
-    if (type(body) is dict and obj.get("method") == "POST" and obj.get("url") == _CHAT_URL
+    if (type(body) is dict and obj.get("method") == "POST"
             and (len(obj) == 3 or (len(obj) == 4 and "custom_id" in obj))):
-        return obj.get("custom_id", MISSING), body, DEFAULT  # the usual envelope, exactly
+        url = obj.get("url")
+        endpoint = DEFAULT if url == _CHAT_URL else _ENDPOINTS.get(url) if type(url) is str else None
+        if endpoint is not None:
+            return obj.get("custom_id", MISSING), body, endpoint  # the usual envelope, exactly
     return _check_envelope(obj)
 
 
