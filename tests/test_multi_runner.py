@@ -74,7 +74,9 @@ def test_status_shows_the_runners_alive_with_their_jobs_and_keys(pg_url: str, si
     import json
 
     cli = Cli(tmp_path, {"BATCHRUN_DB": pg_url})
-    sim.config.latency = 2.0
+    # long enough that none of the 3 requests in flight is answered while `status` runs, however busy the
+    # machine (at 2 s a loaded CI saw 17 of the 20 still leased); the two SIGINTs below stop the run at once
+    sim.config.latency = 10.0
     submit_jobs(cli, tmp_path, 20)
     env = provider_env(sim, make_keys(2))
     runner = cli.popen("run", "--no-progress", "--concurrency", "3", env=env)
