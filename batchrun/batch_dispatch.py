@@ -45,7 +45,9 @@ from batchrun.keys import ApiKey
 from batchrun.provider import ProviderClient, classify, parse_completion
 from batchrun.records import ClaimedJob, Failed, Outcome, ProviderBatch, Retry, Succeeded
 from batchrun.retry import FAIL, RETRY, RetryPolicy
+from batchrun.processes import pid_alive
 from batchrun.store import Store
+from batchrun.units import format_clock
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -112,7 +114,7 @@ class BatchApiReport:
         for batch in self.open:
             lines.append(f"  provider batch {batch.provider_batch_id or '(not created yet)'}: {batch.requests} "
                          f"jobs of {batch.endpoint} {batch.model}, {batch.provider_status or batch.state} "
-                         f"({batch.completed} completed, {batch.failed} failed) since {_clock(batch.created_at)}"
+                         f"({batch.completed} completed, {batch.failed} failed) since {format_clock(batch.created_at)}"
                          + (f" — {batch.message}" if batch.message else ""))
         lines.append(f"exit {self.exit_code}: {self.reason}")
         return lines
@@ -424,15 +426,7 @@ async def cancel_provider_batches(store: Store, client: ProviderClient, keys: li
 def _owner_alive(owner: str) -> bool:
     """Whether the holder of a lock ("host:pid") may still be at work: on another host, it may."""
     host, _, pid = owner.rpartition(":")
-    if host != socket.gethostname() or not pid.isdigit():
-        return True
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return host != socket.gethostname() or not pid.isdigit() or pid_alive(int(pid))
 
 
 def _errors_text(errors: Any) -> str | None:
@@ -444,6 +438,4 @@ def _errors_text(errors: Any) -> str | None:
     return "; ".join(parts) + (f" (and {len(data) - 5} more)" if len(data) > 5 else "")
 
 
-def _clock(epoch: float) -> str:
-    return time.strftime("%Y-%m-%d %H:%M", time.localtime(epoch))
 

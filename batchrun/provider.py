@@ -253,7 +253,8 @@ class ProviderClient:
         return payload
 
     def _auth_for(self, key: ApiKey) -> dict[str, str]:
-        return {"Authorization": f"Bearer {key.token}"}
+        """The key's header alone (a multipart upload or a download sets its own content type)."""
+        return {"Authorization": self._headers_for(key)["Authorization"]}
 
     async def list_models(self, key: ApiKey) -> list[dict[str, Any]]:
         """`GET {base}/models`. Connection failures here mean the provider cannot be reached at all."""

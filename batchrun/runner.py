@@ -47,6 +47,7 @@ from batchrun.errors import (
 from batchrun.keys import KeyLane
 from batchrun.keyshare import KeySharing
 from batchrun.units import format_clock as _clock
+from batchrun.processes import pid_alive
 from batchrun.prechecks import UNKNOWN_ENDPOINT, Prepared, Refused, prepare
 from batchrun.provider import Completion, ProviderClient, RateHint
 from batchrun.records import ClaimedJob, Failed, Outcome, Retry, Succeeded
@@ -161,7 +162,7 @@ class Runner:
             if self._batch_id is None:
                 raise ConfigError(f"no batch named {self._options.batch!r} in {self._store.url} "
                                   "(see `batchrun status`)")
-        dead = await self._call(self._store.release_dead_runners, _pid_alive)
+        dead = await self._call(self._store.release_dead_runners, pid_alive)
         if dead:
             log.info("requeued the jobs of %d runner(s) that died: %s", len(dead), ", ".join(dead))
         await self._call(self._store.requeue_expired)
@@ -692,15 +693,5 @@ def _response_text(error: ProviderError) -> str | None:
     return orjson.dumps(error.body).decode()
 
 
-def _pid_alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 

@@ -52,6 +52,8 @@ import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict
 
+from batchrun.simulator.server_thread import ServerThread
+
 __all__ = ["ChaosProxy", "Fault", "FaultEvent", "FaultKind", "NotApplicable", "PathRecord", "spoil"]
 
 FaultKind = Literal["cut", "drop_last", "short_vector", "empty_data", "no_choices", "no_output"]
@@ -243,7 +245,7 @@ class _PathState:
 # -- the proxy ----------------------------------------------------------------------------------------
 
 
-class ChaosProxy:
+class ChaosProxy(ServerThread):
     """The proxy on a background thread with its own event loop, listening on `host`:`port` (0: any free).
 
     `with ChaosProxy(upstream_base_url, faults, seed=0) as proxy:` returns once it listens. Closing it
@@ -253,8 +255,11 @@ class ChaosProxy:
     replaced from any thread.
     """
 
+    thread_name = "chaos-proxy"
+
     def __init__(self, upstream: str, faults: Iterable[Fault] = (), *, seed: int = 0,
                  host: str = "127.0.0.1", port: int = 0) -> None:
+        super().__init__()
         parts = urlsplit(upstream)
         if parts.scheme not in ("http", "https") or not parts.netloc:
             raise ValueError(f"upstream must be an http(s) base URL, got {upstream!r}")
@@ -267,11 +272,6 @@ class ChaosProxy:
         self._lock = threading.Lock()
         self._paths: dict[str, _PathState] = {}
         self._events: list[FaultEvent] = []
-        self._thread: threading.Thread | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._stop: asyncio.Event | None = None
-        self._ready = threading.Event()
-        self._error: BaseException | None = None
         self._bound_port: int | None = None
         self._session: aiohttp.ClientSession | None = None
 
@@ -312,32 +312,14 @@ class ChaosProxy:
     # -- lifecycle
 
     def __enter__(self) -> ChaosProxy:
-        self._thread = threading.Thread(target=self._run, name="chaos-proxy", daemon=True)
-        self._thread.start()
-        self._ready.wait()
-        if self._error is not None:
-            self._thread.join()
-            raise self._error
+        self.start()
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  traceback: TracebackType | None) -> None:
-        if self._loop is not None and self._stop is not None:
-            self._loop.call_soon_threadsafe(self._stop.set)
-        if self._thread is not None:
-            self._thread.join()
+        self.stop()
 
-    def _run(self) -> None:
-        try:
-            asyncio.run(self._serve())
-        except BaseException as exc:  # handed to the starting thread, which re-raises it
-            self._error = exc
-        finally:
-            self._ready.set()
-
-    async def _serve(self) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._stop = asyncio.Event()
+    async def _serve(self, ready: Callable[[], None], stop: asyncio.Event) -> None:
         # no pool limit: the proxy must not throttle a client's concurrency; no timeout of its own:
         # the client's timeout is the one under test
         connector = aiohttp.TCPConnector(limit=0)
@@ -351,8 +333,8 @@ class ChaosProxy:
             try:
                 await web.TCPSite(runner, self.host, self.port).start()
                 self._bound_port = runner.addresses[0][1]
-                self._ready.set()
-                await self._stop.wait()
+                ready()
+                await stop.wait()
             finally:
                 await runner.cleanup()
 

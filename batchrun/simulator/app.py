@@ -22,7 +22,6 @@ import asyncio
 import logging
 import signal
 import sys
-import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -43,6 +42,7 @@ from batchrun.simulator.files import FileRoutes, FileStore
 from batchrun.simulator.gateway import Gateway, Refused, read_json
 from batchrun.simulator.moderations import MODERATIONS
 from batchrun.simulator.responses import RESPONSES
+from batchrun.simulator.server_thread import ServerThread
 from batchrun.simulator.state import SimulatorState
 
 __all__ = ["CONFIG_KEY", "ENDPOINTS", "STATE_KEY", "RunningSimulator", "SimulatorThread", "create_app",
@@ -165,7 +165,7 @@ def _base_url(host: str, port: int) -> str:
     return f"http://{shown}:{port}/v1"
 
 
-class SimulatorThread:
+class SimulatorThread(ServerThread):
     """The simulator on a background thread with its own event loop.
 
     For tests that drive the batchrun CLI as a subprocess (or any synchronous code): `with
@@ -173,24 +173,17 @@ class SimulatorThread:
     thread, on exit. Reading `sim.state` from the calling thread is safe.
     """
 
+    thread_name = "batchrun-simulator"
+
     def __init__(self, config: SimulatorConfig | None = None, host: str = "127.0.0.1", port: int = 0) -> None:
+        super().__init__()
         self.config = config if config is not None else SimulatorConfig()
         self.host = host
         self.port = port
-        self._thread: threading.Thread | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._stop: asyncio.Event | None = None
-        self._ready = threading.Event()
         self._running: RunningSimulator | None = None
-        self._error: BaseException | None = None
 
     def __enter__(self) -> RunningSimulator:
-        self._thread = threading.Thread(target=self._run, name="batchrun-simulator", daemon=True)
-        self._thread.start()
-        self._ready.wait()
-        if self._error is not None:
-            self._thread.join()
-            raise self._error
+        self.start()
         assert self._running is not None
         return self._running
 
@@ -200,26 +193,13 @@ class SimulatorThread:
         exc: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
-        if self._loop is not None and self._stop is not None:
-            self._loop.call_soon_threadsafe(self._stop.set)
-        if self._thread is not None:
-            self._thread.join()
+        self.stop()
 
-    def _run(self) -> None:
-        try:
-            asyncio.run(self._serve())
-        except BaseException as exc:  # handed to the starting thread, which re-raises it
-            self._error = exc
-        finally:
-            self._ready.set()
-
-    async def _serve(self) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._stop = asyncio.Event()
+    async def _serve(self, ready: Callable[[], None], stop: asyncio.Event) -> None:
         async with running_simulator(self.config, self.host, self.port) as running:
             self._running = running
-            self._ready.set()
-            await self._stop.wait()
+            ready()
+            await stop.wait()
 
 
 def serve(config: SimulatorConfig, host: str = "127.0.0.1", port: int = 8787, *, out: TextIO | None = None) -> None:
