@@ -229,6 +229,16 @@ class RunnerRecord:
     ended_at: float | None
     exit_code: int | None
     outcome: str | None
+    requests: int | None = None  # requests sent so far (its heartbeat writes it); None: not known
+    latency_p50: float | None = None  # seconds
+    latency_p99: float | None = None
+    id: int | None = None
+
+    @property
+    def throughput(self) -> float | None:
+        """Requests a second over its life so far."""
+        elapsed = (self.ended_at or self.heartbeat_at) - self.started_at
+        return self.requests / elapsed if self.requests is not None and elapsed > 0 else None
 
 
 @dataclass(frozen=True, slots=True)

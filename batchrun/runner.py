@@ -27,6 +27,7 @@ from typing import Any, TypeVar
 
 import orjson
 
+from batchrun.attempts import AttemptLog, AttemptRecord, EventRecord, cut_message
 from batchrun.budget import Reservation, SpendCap
 from batchrun.breaker import CircuitBreaker
 from batchrun.catalog import Catalog, parse_catalog
@@ -76,6 +77,9 @@ class Runner:
         self._rng = rng or random.Random()
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.stats = RunStats()
+        #: every attempt and event of this run, until the writer commits them; and their counts
+        self.attempt_log = AttemptLog()
+        self.runner_id: int | None = None  # its row in `runners`, once registered
         self._db = ThreadPoolExecutor(max_workers=1, thread_name_prefix="batchrun-db")
         #: this runner's key leases: shared with the other runners, handed over within each key's window
         self._keys = KeySharing(store, self._call, lanes, self.owner, options)
@@ -115,6 +119,7 @@ class Runner:
             self._stop_error = error
             self._stop.set()
             log.warning("stopping: %s", error or reason)
+            self.attempt_log.event("stop", str(error or reason))
             try:
                 loop = asyncio.get_running_loop()
             except RuntimeError:
@@ -146,6 +151,8 @@ class Runner:
             return await self._finish(started)
         except BatchrunError as exc:
             # The run ends here (wrong base URL, unknown batch...): `status` should say so, not "running".
+            self.attempt_log.event("stop", str(exc))
+            await self._call(self._write_log_now)
             await self._call(self._store.finish_runner, self.owner, exc.exit_code, str(exc))
             raise
         finally:
@@ -166,7 +173,8 @@ class Runner:
         if dead:
             log.info("requeued the jobs of %d runner(s) that died: %s", len(dead), ", ".join(dead))
         await self._call(self._store.requeue_expired)
-        await self._call(self._store.register_runner, self.owner)
+        described = orjson.dumps(dict(self._options.described)).decode()
+        self.runner_id = await self._call(self._store.register_runner, self.owner, None, described)
         # index-only counts: a full aggregate of a million-job table would delay the first request
         self.stats.total, self.stats.done_before = await self._call(self._store.progress, self._batch_id)
         known = await self._call(self._store.key_records)
@@ -217,6 +225,7 @@ class Runner:
         if self.catalog:
             await self._call(self._store.save_catalog, list(self.catalog.entries.values()))
             log.info("catalogue: %s", self.catalog.describe())
+            self.attempt_log.event("catalog", f"catalogue: {self.catalog.describe()}")
 
     async def _opening_summary(self) -> None:
         """Before the first request: which requested models are served, fall back or will fail, and
@@ -330,6 +339,7 @@ class Runner:
             if lane.requests:
                 await self._call(self._store.save_key_run, lane.key.id, lane.requests, lane.rate_limited,
                                  lane.errors, lane.rate_configured, lane.rate_adapted)
+        await self._call(self._write_log_now)
         await self._call(self._store.finish_runner, self.owner, code, reason)
         return RunReport(code, reason, self.stats, time.monotonic() - started, left, tuple(self.lanes))
 
@@ -373,8 +383,7 @@ class Runner:
                 self._need_jobs.set()
             prepared = self._prepare_job(job)
             if isinstance(prepared, Refused):
-                self._queue_outcome(self._failed(job, job.attempts, None, None, None, prepared.code,
-                                                 prepared.message))
+                self._refuse(job, prepared.code, prepared.message)
                 continue
             model = prepared.model_sent
             if model in lane.forbidden_models or not lane.usable:
@@ -406,8 +415,7 @@ class Runner:
             unserved = self._unserved.get(job.endpoint)
             if unserved is not None:  # a 404 for the endpoint came while this job waited for its turn
                 self._slots.release()
-                self._queue_outcome(self._failed(job, job.attempts, None, None, None, EndpointNotServed.code,
-                                                 unserved, prepared))
+                self._refuse(job, EndpointNotServed.code, unserved, prepared)
                 continue
             spend = self._reserve_spend(job, prepared)
             if spend is False:
@@ -481,6 +489,7 @@ class Runner:
         cost = model.cost(completion.prompt_tokens, completion.completion_tokens) if model else None
         self.stats.succeeded += 1
         self.stats.add_usage(served, completion, cost)
+        self._log_attempt(lane, job, prepared, sent_at, completion.status, "ok", completion, cost)
         if completion.request_id is None:
             self.stats.unverified += 1
         if completion.truncated:
@@ -496,6 +505,7 @@ class Runner:
 
     async def _on_error(self, lane: KeyLane, job: ClaimedJob, prepared: Prepared, attempt: int,
                         error: ProviderError, sent_at: float) -> Outcome | None:
+        self._log_attempt(lane, job, prepared, sent_at, error.status, error.code, message=str(error))
         if isinstance(error, RateLimited):
             self.stats.rate_limited += 1
             exhausted = error.rate_hint is not None and error.rate_hint.exhausted_for is not None
@@ -522,6 +532,7 @@ class Runner:
             if prepared.model_sent not in self._gone:
                 log.warning("model %s is gone (%s); its jobs are resolved again against a fresh catalogue",
                             prepared.model_sent, error)
+                self.attempt_log.event("catalog", f"model {prepared.model_sent} is gone ({error})")
             self._gone.add(prepared.model_sent)
             self._schedule_refresh()
         response = _response_text(error)
@@ -554,8 +565,27 @@ class Runner:
 
     def _fail_unservable(self, job: ClaimedJob, model: str) -> None:
         """Every usable key got a 403 for this job's model: fail it without another request."""
-        self._queue_outcome(self._failed(job, job.attempts, None, 403, None, KeyModelForbidden.code,
-                                         self._unservable_message(model, None)))
+        self._refuse(job, KeyModelForbidden.code, self._unservable_message(model, None), status=403)
+
+    def _refuse(self, job: ClaimedJob, code: str, message: str, prepared: Prepared | None = None,
+                status: int | None = None) -> None:
+        """Fail a job without sending it (a precheck, an endpoint or model no key may use)."""
+        now = time.time()
+        self.attempt_log.add(AttemptRecord(job.id, job.batch_id, now, now, None, job.endpoint, job.model,
+                                           prepared.model_sent if prepared else None, None, None, code,
+                                           message=cut_message(message), sent=False))
+        self._queue_outcome(self._failed(job, job.attempts, None, status, None, code, message, prepared))
+
+    def _log_attempt(self, lane: KeyLane, job: ClaimedJob, prepared: Prepared, sent_at: float, status: int | None,
+                     outcome: str, completion: Completion | None = None, cost: float | None = None,
+                     message: str | None = None) -> None:
+        """An attempt ended (`sent_at`: monotonic): into the attempts log."""
+        answered = time.time()
+        self.attempt_log.add(AttemptRecord(
+            job.id, job.batch_id, answered - (time.monotonic() - sent_at), answered, lane.key.id, job.endpoint,
+            job.model, prepared.model_sent, completion.model if completion else None, status, outcome,
+            completion.prompt_tokens if completion else None, completion.completion_tokens if completion else None,
+            cost, prepared.fallback_reason, cut_message(message)))
 
     def _unservable_message(self, model: str, error: ProviderError | None) -> str:
         refused = ", ".join(lane.key.id for lane in self.lanes if model in lane.forbidden_models)
@@ -566,6 +596,7 @@ class Runner:
     def _note_key_change(self, lane: KeyLane, change: str | None) -> None:
         if change:
             log.warning("key %s: %s", lane.key.id, change)
+            self.attempt_log.event("key_rate", change, lane.key.id)
 
     def _obey_hint(self, lane: KeyLane, hint: RateHint | None) -> None:
         wait = hint.exhausted_for if hint is not None else None
@@ -578,6 +609,7 @@ class Runner:
         if change:
             self.stats.breaker_trips = self.breaker.trips
             (log.warning if self.breaker.trips > before else log.info)("%s", change)
+            self.attempt_log.event("breaker", change)
             self._slot_freed.set()
 
     async def _act_on_key(self, lane: KeyLane, model: str, error: ProviderError, decision: Decision) -> None:
@@ -585,11 +617,14 @@ class Runner:
             lane.cool_down(decision.key_cooldown)
             log.info("key %s: %d 429s in a row; cooling down for %.1f s", lane.key.id, lane.consecutive_429,
                      decision.key_cooldown)
+            self.attempt_log.event("key_cooling", f"{lane.consecutive_429} 429s in a row: cooling down for "
+                                   f"{decision.key_cooldown:.1f} s", lane.key.id)
         elif decision.key_action == "retire" and lane.usable:
             await self._retire(lane, error)
         elif decision.key_action == "forbid":
             lane.forbidden_models.add(model)
             log.warning("key %s may not use model %s (403); other keys will take its jobs", lane.key.id, model)
+            self.attempt_log.event("key_state", f"may not use model {model} (403)", lane.key.id)
 
     async def _retire(self, lane: KeyLane, error: ProviderError) -> None:
         state = getattr(error, "key_state", "invalid")
@@ -597,6 +632,7 @@ class Runner:
         hint = ("raise that key's budget cap in Settings → API Keys" if state == "budget"
                 else "check the key list in Settings → API Keys")
         log.warning("key %s taken out of rotation: %s — %s", lane.key.id, error, hint)
+        self.attempt_log.event("key_state", f"{state}: {error}", lane.key.id)
         await self._call(self._store.set_key_state, lane.key.id, state, str(error))
         if not any(other.usable for other in self.lanes):
             self.request_stop("no usable API key left", self._no_key_error())
@@ -626,10 +662,28 @@ class Runner:
                 await asyncio.sleep(self._options.commit_gather)
             while not self._outcomes.empty() and len(batch) < self._options.flush_size:
                 batch.append(self._outcomes.get_nowait())
-            await self._call(self._store.record, self.owner, batch)
+            await self._call(self._commit, batch, *self.attempt_log.take())
             self._unwritten -= len(batch)
             self._written.set()
             self._need_jobs.set()
+
+    def _commit(self, outcomes: list[Outcome], attempts: list[AttemptRecord], events: list[EventRecord]) -> None:
+        """In the database thread: outcomes, and the attempts and events that came with them, in one commit."""
+        self._store.record(self.owner, outcomes, runner_id=self.runner_id, attempts=attempts, events=events)
+
+    def _write_log_now(self) -> None:
+        """In the database thread: what is left of the attempts log, and the run's figures."""
+        if self.runner_id is None:
+            return
+        attempts, events = self.attempt_log.take()
+        if attempts or events:
+            self._store.record(self.owner, [], runner_id=self.runner_id, attempts=attempts, events=events)
+        self._save_figures()
+
+    def _save_figures(self) -> None:
+        counters = self.attempt_log.counters
+        self._store.runner_figures(self.owner, counters.sent, counters.latency_percentile(0.5),
+                                   counters.latency_percentile(0.99))
 
     async def _flush(self, writer: asyncio.Task[None]) -> None:
         """Wait until every outcome so far is committed (or the writer has died trying)."""
@@ -660,6 +714,7 @@ class Runner:
             await asyncio.sleep(interval)
             await self._keys.heartbeat()
             await self._call(self._store.requeue_expired)
+            await self._call(self._save_figures)
 
     async def _deadline_loop(self, deadline: float) -> None:
         """Stop claiming early enough that the requests in flight finish by the deadline."""

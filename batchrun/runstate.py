@@ -39,6 +39,8 @@ class RunOptions:
     assumed_completion: int = DEFAULT_ASSUMED_COMPLETION
     #: when other runners hold every key: wait for one (True) or stop with exit 3
     wait_for_keys: bool = True
+    #: the settings it was started with, as shown in its report (`Settings.shown`): never a secret
+    described: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass

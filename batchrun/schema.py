@@ -230,4 +230,53 @@ runners = Table(
     Column("ended_at", Float, nullable=True),
     Column("exit_code", Integer, nullable=True),
     Column("outcome", Text, nullable=True),
+    # The options it was started with, as a JSON object of flag -> shown value (keys by id, never a secret).
+    Column("options", Text, nullable=True),
+    # Its figures so far (written by its heartbeat and at its end, for `status`): requests sent, and the
+    # median and 99th percentile of their latency in seconds.
+    Column("requests", Integer, nullable=True),
+    Column("latency_p50", Float, nullable=True),
+    Column("latency_p99", Float, nullable=True),
+)
+
+#: Every attempt a run made, written as it ends (in the runner's group commits): what `batchrun report`
+#: and the last run's figures in `status` are made of. `sent` false: a job refused before sending
+#: (a precheck), with no key and no latency. `latency_bin` is `reportdata.latency_bin` of its latency, so
+#: percentiles aggregate in SQL. Pruned by runner (`batchrun prune --older-than`).
+attempts = Table(
+    "attempts", metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("runner_id", Id, nullable=False),
+    Column("batch_id", Id, nullable=False),
+    Column("job_id", Id, nullable=False),
+    Column("sent_at", Float, nullable=False),
+    Column("answered_at", Float, nullable=False),
+    Column("latency_bin", Integer, nullable=True),
+    Column("sent", Boolean, nullable=False),
+    Column("key_id", String(200), nullable=True),
+    Column("endpoint", String(64), nullable=False),
+    Column("model", String(200), nullable=False),
+    Column("model_sent", String(200), nullable=True),
+    Column("model_served", String(200), nullable=True),
+    Column("status_code", Integer, nullable=True),
+    Column("outcome", String(64), nullable=False),  # "ok" or the error code
+    Column("prompt_tokens", Integer, nullable=True),
+    Column("completion_tokens", Integer, nullable=True),
+    Column("cost", Float, nullable=True),
+    Column("fallback_reason", Text, nullable=True),
+    Column("message", Text, nullable=True),  # the error, cut short
+    Index("ix_attempts_runner_id_answered_at", "runner_id", "answered_at"),
+)
+
+#: What changed during a run, for the report's timelines: a key's state or rate, cooling, the breaker,
+#: the catalogue, the stop.
+run_events = Table(
+    "run_events", metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("runner_id", Id, nullable=False),
+    Column("at", Float, nullable=False),
+    Column("kind", String(32), nullable=False),
+    Column("key_id", String(200), nullable=True),
+    Column("message", Text, nullable=False),
+    Index("ix_run_events_runner_id_at", "runner_id", "at"),
 )

@@ -41,11 +41,13 @@ from sqlalchemy import (
 )
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
+from batchrun.attemptstore import AttemptStore
+from batchrun.attempts import AttemptRecord, EventRecord
 from batchrun.batchstore import ProviderBatches
 from batchrun.catalog import Catalog, ModelInfo
 from batchrun.database import alembic_config as _alembic_config  # noqa: F401  (tests use it)
 from batchrun.database import create_store_engine, current_revision, failure_reason, migrate_to_head
-from batchrun.errors import StoreError
+from batchrun.errors import ConfigError, StoreError
 from batchrun.records import (
     AddResult,
     BatchCounts,
@@ -62,6 +64,8 @@ from batchrun.records import (
     Succeeded,
     UsageRow,
 )
+from batchrun.reportdata import ReportData
+from batchrun.reportquery import find_run, report_data
 from batchrun.schema import api_keys, batches, jobs, models, runners, submitted_chunks
 from batchrun.view import Query, QueueView
 
@@ -204,6 +208,11 @@ class Store:
     def provider_batches(self) -> ProviderBatches:
         """Batches at the provider's Batch API (`batchstore.py`)."""
         return ProviderBatches(self)
+
+    @property
+    def attempts(self) -> AttemptStore:
+        """Every run's attempts and events (`attemptstore.py`)."""
+        return AttemptStore(self)
 
     @property
     def view(self) -> QueueView:
@@ -383,8 +392,11 @@ class Store:
         claimed.sort(key=lambda job: (job.batch_id, job.id))
         return claimed
 
-    def record(self, owner: str, outcomes: Iterable[Outcome], now: float | None = None) -> int:
-        """Write outcomes of jobs this owner holds, in one transaction. Returns how many landed.
+    def record(self, owner: str, outcomes: Iterable[Outcome], now: float | None = None, *,
+               runner_id: int | None = None, attempts: Sequence[AttemptRecord] = (),
+               events: Sequence[EventRecord] = ()) -> int:
+        """Write outcomes of jobs this owner holds, in one transaction (with the `attempts` and `events`
+        of runner `runner_id` that came with them). Returns how many outcomes landed.
 
         A job whose lease was lost meanwhile (another runner reclaimed it) is not touched: a finished
         result is never overwritten.
@@ -431,6 +443,8 @@ class Store:
             if retried:
                 landed += conn.execute(update(jobs).where(held).values(
                     state=QUEUED, lease_owner=None, lease_expires=None), retried).rowcount
+            if runner_id is not None and (attempts or events):
+                self.attempts.write(conn, runner_id, attempts, events)
         expected = len(done) + len(failed) + len(retried)
         if landed != expected:
             log.warning("%d outcome(s) not recorded: their lease had been lost to another runner",
@@ -508,11 +522,21 @@ class Store:
 
     # --- runners ---
 
-    def register_runner(self, owner: str, now: float | None = None) -> None:
+    def register_runner(self, owner: str, now: float | None = None, options: str | None = None) -> int:
+        """A run begins: its row in `runners` (`options`: what it was started with, JSON). Returns its id."""
         now = time.time() if now is None else now
         with self._write() as conn:
-            conn.execute(insert(runners).values(owner=owner, host=socket.gethostname(), pid=os.getpid(),
-                                                started_at=now, heartbeat_at=now))
+            key = conn.execute(insert(runners).values(
+                owner=owner, host=socket.gethostname(), pid=os.getpid(), started_at=now, heartbeat_at=now,
+                options=options)).inserted_primary_key
+            assert key is not None
+            return int(key[0])
+
+    def runner_figures(self, owner: str, requests: int, p50: float | None, p99: float | None) -> None:
+        """A run's figures so far, for `status`."""
+        with self._write() as conn:
+            conn.execute(update(runners).where(runners.c.owner == owner)
+                         .values(requests=requests, latency_p50=p50, latency_p99=p99))
 
     def finish_runner(self, owner: str, exit_code: int, outcome: str, now: float | None = None) -> None:
         now = time.time() if now is None else now
@@ -677,6 +701,18 @@ class Store:
         return Catalog(entries, max((row[7] for row in rows), default=None))
 
     # --- reading ---
+
+    def report_data(self, run: str = "last", batch: str | None = None, now: float | None = None) -> ReportData:
+        """What `batchrun report` shows of run `run` ("last" or a runner id), limited to `batch` if given."""
+        batch_id = None
+        if batch is not None:
+            batch_id = self.batch_id(batch)
+            if batch_id is None:
+                raise ConfigError(f"no batch named {batch!r} in {self.url} (see `batchrun status`)")
+        with self._reading() as query:
+            runner_id = find_run(query, run, batch_id)
+            return report_data(query, runner_id, batch_id, batch, self._engine.dialect.name == "sqlite",
+                               time.time() if now is None else now)
 
     def batch_names(self) -> dict[int, str]:
         return self.view.batch_names()

@@ -34,7 +34,7 @@ from batchrun.revision import SCHEMA_REVISION
 Query = Callable[[str, Sequence[Any]], Sequence[Sequence[Any]]]
 
 JOB_STATES = ("queued", "running", "succeeded", "failed", "cancelled")
-_RUNNER = "owner, host, pid, started_at, heartbeat_at, ended_at, exit_code, outcome"
+_RUNNER = "owner, host, pid, started_at, heartbeat_at, ended_at, exit_code, outcome, requests, latency_p50, latency_p99, id"
 _KEY = "id, state, reason, since, requests, rate_limited, errors, last_run_at, rate_configured, rate_adapted"
 _USAGE_NAMES = {"key": "key_id", "model": "model"}
 _PROVIDER_BATCH = ("id, batch_id, endpoint, model, key_id, state, requests, input_file_id, provider_batch_id, "

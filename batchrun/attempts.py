@@ -1,0 +1,127 @@
+"""Every attempt of a run, as it ends: kept for the store (written in the runner's group commits, for
+`batchrun report` and `status`) and counted for the metrics file.
+
+The runner hands each ended attempt to `AttemptLog.add` and each event (a key's state or rate changing,
+the breaker, a stop) to `AttemptLog.event`; the writer takes what gathered with `take` and commits it with
+the outcomes. Counting here costs a few dict updates an attempt, so the metrics file never queries the
+attempts table.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from batchrun.reportdata import latency_bin, percentile
+
+#: an error message kept with an attempt is cut to this many characters (the job keeps the whole one)
+MESSAGE_CHARS = 300
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptRecord:
+    """One request that ended (or a job refused before sending: `sent` False, no key, no latency)."""
+
+    job_id: int
+    batch_id: int
+    sent_at: float  # epoch seconds
+    answered_at: float  # epoch seconds: when its answer (or error) came
+    key_id: str | None
+    endpoint: str
+    model: str  # the model the job asked for
+    model_sent: str | None  # after alias and fallback resolution
+    model_served: str | None  # what the answer said
+    status_code: int | None  # HTTP status; None for a network error or a refusal
+    outcome: str  # "ok", or the error code (rate_limited, server_error, timeout, context_length_exceeded, ...)
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    cost: float | None = None
+    fallback_reason: str | None = None
+    message: str | None = None  # the error, cut to MESSAGE_CHARS
+    sent: bool = True
+
+    @property
+    def latency(self) -> float | None:
+        return self.answered_at - self.sent_at if self.sent else None
+
+    @property
+    def status_label(self) -> str:
+        """The metrics' `status` label: the HTTP status, or the error code when there was no answer."""
+        return str(self.status_code) if self.status_code is not None else self.outcome
+
+
+@dataclass(frozen=True, slots=True)
+class EventRecord:
+    at: float
+    kind: str  # key_state | key_rate | key_cooling | breaker | catalog | stop
+    key_id: str | None
+    message: str
+
+
+@dataclass
+class AttemptCounters:
+    """What the run's attempts add up to, for the metrics file."""
+
+    #: (key id, status label) -> requests sent
+    requests: dict[tuple[str, str], int] = field(default_factory=dict)
+    #: (model served, "prompt" | "completion") -> tokens
+    tokens: dict[tuple[str, str], int] = field(default_factory=dict)
+    #: model served -> USD of the attempts whose cost is known
+    cost: dict[str, float] = field(default_factory=dict)
+    #: latency histogram of the requests sent: `reportdata.latency_bin` -> requests
+    latency: dict[int, int] = field(default_factory=dict)
+    sent: int = 0  # requests sent
+
+    def add(self, attempt: AttemptRecord) -> None:
+        if attempt.sent:
+            self.sent += 1
+            bin_ = latency_bin(attempt.answered_at - attempt.sent_at)
+            self.latency[bin_] = self.latency.get(bin_, 0) + 1
+            if attempt.key_id is not None:
+                label = (attempt.key_id, attempt.status_label)
+                self.requests[label] = self.requests.get(label, 0) + 1
+        if attempt.outcome != "ok":
+            return
+        model = attempt.model_served or attempt.model_sent or attempt.model
+        for kind, tokens in (("prompt", attempt.prompt_tokens), ("completion", attempt.completion_tokens)):
+            if tokens:
+                self.tokens[(model, kind)] = self.tokens.get((model, kind), 0) + tokens
+        if attempt.cost is not None:
+            self.cost[model] = self.cost.get(model, 0.0) + attempt.cost
+
+
+    def latency_percentile(self, fraction: float) -> float | None:
+        return percentile(self.latency, fraction)
+
+
+class AttemptLog:
+    """The attempts and events of one run not yet written, and the counts of all of them."""
+
+    __slots__ = ("_attempts", "_events", "counters")
+
+    def __init__(self) -> None:
+        self._attempts: list[AttemptRecord] = []
+        self._events: list[EventRecord] = []
+        self.counters = AttemptCounters()
+
+    def add(self, attempt: AttemptRecord) -> None:
+        self._attempts.append(attempt)
+        self.counters.add(attempt)
+
+    def event(self, kind: str, message: str, key_id: str | None = None, at: float | None = None) -> None:
+        self._events.append(EventRecord(time.time() if at is None else at, kind, key_id, message))
+
+    def take(self) -> tuple[list[AttemptRecord], list[EventRecord]]:
+        """What gathered since the last call, for the writer's next commit."""
+        attempts, events = self._attempts, self._events
+        self._attempts, self._events = [], []
+        return attempts, events
+
+    def __len__(self) -> int:
+        return len(self._attempts) + len(self._events)
+
+
+def cut_message(message: str | None) -> str | None:
+    if message is None or len(message) <= MESSAGE_CHARS:
+        return message
+    return message[:MESSAGE_CHARS - 1] + "…"
