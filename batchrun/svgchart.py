@@ -153,8 +153,11 @@ def _time_axis(scale: TimeScale, height: float) -> list[str]:
     out = []
     for tick in scale.ticks():
         x = scale.x(tick)
+        label = scale.label(tick)
+        # a label that would stick out of the right edge ends at its tick instead of centring on it
+        anchor = "end" if x + len(label) * CHAR_WIDTH / 2 > WIDTH else "middle"
         out.append(f'<line x1="{x:.1f}" x2="{x:.1f}" y1="{bottom}" y2="{bottom + 4}" stroke="#888"/>'
-                   f'<text x="{x:.1f}" y="{bottom + 17}" text-anchor="middle">{scale.label(tick)}</text>')
+                   f'<text x="{x:.1f}" y="{bottom + 17}" text-anchor="{anchor}">{label}</text>')
     out.append(f'<text x="{WIDTH - RIGHT}" y="{height - 4}" text-anchor="end" fill="#555">time (UTC)</text>')
     return out
 

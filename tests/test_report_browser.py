@@ -9,9 +9,11 @@ from pathlib import Path
 
 import pytest
 from browser import INSTALL_HINT, Browser, find_chromium, launch, png_size
+from conftest import FAST_RETRY, Cli, make_keys, provider_env, write_jobs
 from report_sample import sample_report
 
 from batchrun.report_html import render
+from batchrun.simulator import RunningSimulator
 
 CHARTS = ["throughput", "keys-k1", "keys-k2", "keys-k3", "latency", "models", "hours"]
 
@@ -54,3 +56,24 @@ def test_the_helper_sees_errors_and_requests(browser: Browser, tmp_path: Path) -
     assert any("boom" in e for e in page.console_errors)
     assert any("bad thing" in e for e in page.console_errors)
     assert page.charts == [("x", 100, 100)]
+
+
+def test_the_report_of_a_real_run_against_the_simulator(browser: Browser, cli: Cli, sim: RunningSimulator,
+                                                         tmp_path: Path) -> None:
+    sim.config.latency, sim.config.latency_jitter, sim.config.fail_rate = 0.01, 0.03, 0.1
+    sim.config.random_429_rate, sim.config.random_429_retry_after = 0.1, 0.1
+    sim.config.revoked = {"key3"}
+    write_jobs(tmp_path / "jobs.jsonl", 100)
+    assert cli("submit", str(tmp_path / "jobs.jsonl")).returncode == 0
+    run = cli("run", "--no-progress", "--max-attempts", "10", *FAST_RETRY, env=provider_env(sim, make_keys(3)))
+    assert run.returncode == 0, run.stderr
+    made = cli("report", "--output", str(tmp_path / "report.html"))
+    assert made.returncode == 0, made.stderr
+
+    page = browser.open_page(tmp_path / "report.html")
+
+    assert page.console_errors == [] and page.network_requests == []
+    assert [name for name, _, _ in page.charts] == ["throughput", "keys-key1", "keys-key2", "keys-key3", "latency",
+                                                    "models"]
+    assert all(width > 600 and height > 50 for _, width, height in page.charts), page.charts
+    assert png_size(page.screenshot(tmp_path / "report.png").read_bytes())[0] == 1280
