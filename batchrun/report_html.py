@@ -186,10 +186,17 @@ def _cost(costs: Iterable[float | None]) -> str:
     return format_cost(sum(known), 0) + (" (some models have no price)" if len(known) < len(every) else "")
 
 
+def _rate(seconds: int) -> tuple[float, str]:
+    """What a bucket's count is multiplied by to show a rate, and the rate's unit: per second for a run
+    short enough to have buckets under a minute (a 5 s demo at 6,000 a minute reads oddly), else per minute."""
+    return (1 / seconds, "second") if seconds < 60 else (60 / seconds, "minute")
+
+
 def _rate_caption(seconds: int) -> str:
-    if seconds == 60:
-        return "each bar is one minute"
-    return f"each bar is a {seconds}-second bucket, its count scaled to a rate per minute (× 60/{seconds})"
+    if seconds in (1, 60):
+        return f"each bar is one {_rate(seconds)[1]}"
+    factor, unit = _rate(seconds)
+    return f"each bar is a {seconds}-second bucket, its count scaled to a rate per {unit} (× {factor:.3g})"
 
 
 def _markers(events: Iterable[Numbered]) -> list[Marker]:
@@ -205,14 +212,14 @@ def _markers(events: Iterable[Numbered]) -> list[Marker]:
 def _throughput(data: ReportData, scale: TimeScale, events: Sequence[Numbered]) -> str:
     if not data.buckets:
         return _section("throughput", "Completions and errors", _empty("no attempts were recorded in this run"))
-    per_minute = 60 / data.bucket_seconds
+    per_minute, unit = _rate(data.bucket_seconds)
     series = [
         Series("succeeded", OK, [(b.start, b.succeeded * per_minute) for b in data.buckets]),
         Series("errors (not 429)", ERROR, [(b.start, (b.errors - b.rate_limited) * per_minute) for b in data.buckets]),
         Series("429 rate limited", RATE_LIMITED, [(b.start, b.rate_limited * per_minute) for b in data.buckets]),
     ]
     markers = _markers(pair for pair in events if pair[1].key_id is None)
-    chart = time_chart("throughput", scale, data.bucket_seconds, series, y_title="attempts per minute",
+    chart = time_chart("throughput", scale, data.bucket_seconds, series, y_title=f"attempts per {unit}",
                        markers=markers)
     caption = (f"Attempts by the time they ended; {_rate_caption(data.bucket_seconds)}. "
                "Marks are run-wide events, numbered as in the events table.")
@@ -222,9 +229,9 @@ def _throughput(data: ReportData, scale: TimeScale, events: Sequence[Numbered]) 
 def _keys(data: ReportData, scale: TimeScale, events: Sequence[Numbered]) -> str:
     if not data.keys:
         return _section("keys", "Keys", _empty("no request was sent with any key"))
-    per_minute = 60 / data.bucket_seconds
+    per_minute, unit = _rate(data.bucket_seconds)
     peak = max(b.requests for b in data.keys) * per_minute
-    parts = [f'<p class="note">Requests each key sent, by the time they ended, per minute '
+    parts = [f'<p class="note">Requests each key sent, by the time they ended, per {unit} '
              f"({_rate_caption(data.bucket_seconds)}); every key on the same scale. Marks are the key's events: "
              "hover for the message, or see the events table by number.</p>"]
     for key_id in data.key_ids:
@@ -234,7 +241,7 @@ def _keys(data: ReportData, scale: TimeScale, events: Sequence[Numbered]) -> str
                          [(b.start, (b.requests - b.rate_limited) * per_minute) for b in buckets]),
                   Series("429 rate limited", RATE_LIMITED, [(b.start, b.rate_limited * per_minute) for b in buckets])]
         own = [pair for pair in events if pair[1].key_id == key_id]
-        chart = time_chart(f"keys-{key_id}", scale, data.bucket_seconds, series, y_title="requests per minute",
+        chart = time_chart(f"keys-{key_id}", scale, data.bucket_seconds, series, y_title=f"requests per {unit}",
                            markers=_markers(own), y_max=peak, height=190)
         share = f" ({limited / requests:.1%})" if requests else ""
         parts.append(f"<h3>key {escape(key_id)}</h3>")

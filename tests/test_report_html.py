@@ -134,15 +134,23 @@ def test_the_page_loads_nothing() -> None:
     assert "<td>https://api.privatemind.com/v1</td>" in page
 
 
-def test_counts_are_shown_per_minute() -> None:
-    data = empty_report(bucket_seconds=10, attempts=7, succeeded=5, errors=2,
+def test_counts_are_shown_per_minute_or_per_second_for_short_buckets() -> None:
+    data = empty_report(bucket_seconds=120, attempts=7, succeeded=5, errors=2,
                         buckets=(Bucket(STARTED, 5, 2, 1),), keys=(KeyBucket("k1", STARTED, 7, 1),))
     page = render(data)
     throughput = charts(page)["throughput"]
     titles = [t.text for t in throughput.findall("./rect/title")]
-    assert titles == ["22:10:00 succeeded: 30", "22:10:00 errors (not 429): 6", "22:10:00 429 rate limited: 6"]
+    assert titles == ["22:10:00 succeeded: 2.5", "22:10:00 errors (not 429): 0.5", "22:10:00 429 rate limited: 0.5"]
     assert "attempts per minute" in ET.tostring(throughput, encoding="unicode")
-    assert "10-second bucket, its count scaled to a rate per minute" in page
+    assert "120-second bucket, its count scaled to a rate per minute" in page
+
+    short = render(empty_report(bucket_seconds=10, attempts=7, succeeded=5, errors=2,
+                                buckets=(Bucket(STARTED, 50, 20, 10),), keys=(KeyBucket("k1", STARTED, 70, 10),)))
+    throughput = charts(short)["throughput"]
+    assert [t.text for t in throughput.findall("./rect/title")] == [
+        "22:10:00 succeeded: 5", "22:10:00 errors (not 429): 1", "22:10:00 429 rate limited: 1"]
+    assert "attempts per second" in ET.tostring(throughput, encoding="unicode")
+    assert "10-second bucket, its count scaled to a rate per second" in short
 
 
 def test_latency_lines_break_where_nothing_was_answered() -> None:
