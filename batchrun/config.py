@@ -34,6 +34,8 @@ file and the defaults, and validates everything in one place.
     batch_max_requests = 50000        # per provider batch (one model and endpoint per batch)
     batch_max_bytes = 200000000
     poll_interval = "30s"             # how often --wait polls the provider's batches
+    metrics_file = "batchrun.prom"    # Prometheus metrics, rewritten every 15 s and at exit, for
+                                      # node_exporter's textfile collector (relative to this file)
 
     [limits.k1]                       # per-key overrides, by key id
     rate_limit = "20/1s"
@@ -95,6 +97,8 @@ class Settings:
     batch_max_requests: int = 50_000
     batch_max_bytes: int = 200 * 1024 * 1024
     poll_interval: float = 30.0
+    #: --metrics-file or `metrics_file`: Prometheus text exposition file (`metrics.py`), None for none
+    metrics_file: str | None = None
 
     def __repr__(self) -> str:
         keys = ", ".join(key.id for key in self.keys)
@@ -173,6 +177,7 @@ def build_settings(flags: dict[str, Any], config_path: str | None, environ: dict
         batch_max_requests=_positive_int(pick("batch_max_requests"), 50_000, "batch_max_requests"),
         batch_max_bytes=_positive_int(pick("batch_max_bytes"), 200 * 1024 * 1024, "batch_max_bytes"),
         poll_interval=_duration(pick("poll_interval"), 30.0, "poll_interval"),
+        metrics_file=_file_path(flags.get("metrics_file"), data.get("metrics_file"), where, "metrics_file"),
     )
     if settings.lease < 2:
         raise ConfigError("lease must be at least 2s")
@@ -192,6 +197,17 @@ def _load_keys(keys_file: str | None, environ: dict[str, str], data: dict[str, A
         text = "\n".join(raw) if isinstance(raw, list) else str(raw)
         return parse_keys(text, f"{where} api_keys")
     return []
+
+
+def _file_path(flag: Any, value: Any, where: str, name: str) -> str | None:
+    """A path from a flag as given; from the config file relative to its folder, like keys_file."""
+    if flag:
+        return str(flag)
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"{where}: {name} must be a file path")
+    return str(Path(where).parent / value)
 
 
 def _rate(flags: dict[str, Any], data: dict[str, Any], rate_name: str, per_minute_name: str, where: str) -> Rate | None:
