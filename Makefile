@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: install demo test typecheck check bench clean
+.PHONY: install demo test typecheck check bench clean report-screenshot
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,6 +16,10 @@ install: $(BIN)/.installed
 ## Start the bundled simulator, submit jobs/example.jsonl, run it with 3 keys, show status, export.
 demo: install
 	BIN=$(BIN) bash scripts/demo.sh
+
+## The README's picture of a run report: the demo's report, in headless Chromium (apt-get install -y chromium).
+report-screenshot: demo
+	$(BIN)/python scripts/report_screenshot.py demo/report.html docs/report.png
 
 ## The whole test suite (unit, integration against a real simulator and real databases, CLI acceptance).
 test: install

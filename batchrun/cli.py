@@ -248,6 +248,9 @@ _RUN_HELP = "\n".join(f"  {code}  {meaning}" for code, meaning in EXIT_MEANINGS.
 @click.option("--log-format", type=click.Choice(logsetup.FORMATS), default="text", show_default=True,
               envvar="BATCHRUN_LOG_FORMAT", show_envvar=True,
               help="json: one JSON object per line (time, level, logger, message) on stderr and in --log-file.")
+@click.option("--metrics-file", envvar="BATCHRUN_METRICS_FILE", show_envvar=True, type=click.Path(dir_okay=False),
+              help="Keep Prometheus metrics (jobs, requests, tokens, cost, exit code) in this file, rewritten "
+                   "atomically every 15 s and at exit: for node_exporter's textfile collector (a *.prom file).")
 @db_options
 def run(batch: str | None, no_progress: bool, log_file: str | None, log_format: str, db: str | None,
         config_path: str | None, **flags: Any) -> None:
@@ -264,6 +267,7 @@ def run(batch: str | None, no_progress: bool, log_file: str | None, log_format: 
     import asyncio
 
     from batchrun.keys import lanes_for
+    from batchrun.metrics import record_run
     from batchrun.progress import show_live, show_plain, summary_lines
     from batchrun.provider import ProviderClient
     from batchrun.retry import Backoff, RetryPolicy
@@ -288,6 +292,7 @@ def run(batch: str | None, no_progress: bool, log_file: str | None, log_format: 
         fallbacks=_fallbacks(settings), drop_unsupported=settings.drop_unsupported,
         grace=settings.grace, deadline=settings.deadline, max_cost=settings.max_cost,
         max_tokens=settings.max_tokens, wait_for_keys=settings.wait_for_keys,
+        described=(("batch", batch or "(all)"), *settings.shown().items()),
     )
     live = not no_progress and sys.stderr.isatty()
 
@@ -304,7 +309,9 @@ def run(batch: str | None, no_progress: bool, log_file: str | None, log_format: 
                 display = asyncio.create_task(show_live(stats, lanes) if live else show_plain(stats))
 
             try:
-                report = await runner.run(on_start=start_display)
+                report = await record_run(settings.metrics_file, settings.db, batch,
+                                          lambda: runner.attempt_log.counters,
+                                          lambda: runner.run(on_start=start_display))
             finally:
                 if display is not None:
                     display.cancel()
@@ -417,8 +424,10 @@ def status(batch: str | None, as_json: bool, db: str | None, config_path: str | 
             "requests": b.requests, "completed": b.completed, "failed": b.failed, "since": b.created_at,
         } for b in provider_batches],
         "last_run": None if last is None else {
-            "runner": last.owner, "started_at": last.started_at, "ended_at": last.ended_at,
-            "exit_code": last.exit_code, "outcome": last.outcome,
+            "id": last.id, "runner": last.owner, "started_at": last.started_at, "ended_at": last.ended_at,
+            "exit_code": last.exit_code, "outcome": last.outcome, "requests": last.requests,
+            "requests_per_second": last.throughput, "latency_p50": last.latency_p50,
+            "latency_p99": last.latency_p99,
         },
         "runners": [{
             "runner": a.runner.owner, "host": a.runner.host, "pid": a.runner.pid, "since": a.runner.started_at,
@@ -470,6 +479,10 @@ def status(batch: str | None, as_json: bool, db: str | None, config_path: str | 
     if last is not None:
         click.echo(f"last run: {last.host} pid {last.pid}, ended {_when(last.ended_at)}: "
                    f"exit {last.exit_code}: {last.outcome}")
+        if last.requests:
+            click.echo(f"  {last.requests:,} request(s) at {last.throughput or 0:,.1f}/s; latency "
+                       f"p50 {_seconds(last.latency_p50)}, p99 {_seconds(last.latency_p99)} "
+                       f"(`batchrun report --run {last.id}` draws it)")
 
 
 @cli.command()
@@ -557,6 +570,12 @@ def _cancel_provider_batches(store: Store, batch_id: int | None, flags: dict[str
 
 #: a runner whose heartbeat is older than this is not shown as alive (heartbeats come every lease / 3)
 RUNNER_STALE_AFTER = 180.0
+
+
+def _seconds(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value * 1000:.0f} ms" if value < 1 else f"{value:.2f} s"
 
 
 def _cost_text(cost: float | None) -> str:
@@ -695,6 +714,53 @@ def export(batch: str | None, output: str, errors_path: str | None, db: str | No
                             lambda out: write_lines(store.export_rows([FAILED], batch_id), out, True))
         summary += f"; {errors} failed job(s) to {errors_path}"
     click.echo(summary, err=True)
+
+
+@cli.command()
+@click.option("--batch", help="Only this batch's attempts (and, with --run last, the last run that worked on it).")
+@click.option("--run", "run_id", default="last", show_default=True,
+              help="The run: `last` (the last one that sent or refused a request) or its id (`status --json`).")
+@click.option("--output", "-o", default="report.html", show_default=True, help="The HTML file (- for stdout).")
+@db_options
+def report(batch: str | None, run_id: str, output: str, db: str | None, config_path: str | None) -> None:
+    """Write one self-contained HTML page about a run: throughput, errors and 429s per key over time,
+    latency percentiles, tokens and cost by model and hour, fallbacks, prechecks, top failures.
+
+    It opens without a network (charts are inline SVG) and prints well.
+
+    \b
+      batchrun report --output report.html
+      batchrun report --batch nightly --run 42 -o night-42.html
+    """
+    from batchrun.report_html import render
+
+    store = _open_store(db, config_path)
+    data = store.report_data(run_id, batch)
+    page = render(data).encode()
+    _export_to(output, lambda out: out.write(page))
+    where = "" if output == "-" else f" to {output}"
+    click.echo(f"report of run {data.run.id} ({data.attempts:,} request(s)){where}", err=True)
+
+
+@cli.command()
+@click.option("--older-than", "older_than", required=True, metavar="DURATION",
+              help="Drop the attempts and events of runs that ended longer ago than this (e.g. 30d, 12h).")
+@db_options
+def prune(older_than: str, db: str | None, config_path: str | None) -> None:
+    """Drop old runs' attempts (what `batchrun report` is drawn from); jobs and results stay.
+
+    \b
+      batchrun prune --older-than 30d
+    """
+    import time
+
+    from batchrun.units import parse_duration
+
+    age = parse_duration(older_than, field="--older-than")
+    store = _open_store(db, config_path)
+    attempts, events = store.attempts.prune(time.time() - age)
+    click.echo(f"pruned {attempts:,} attempt(s) and {events:,} event(s) of runs that ended more than "
+               f"{older_than} ago")
 
 
 def _export_to(path: str, write: Callable[[Any], int]) -> int:

@@ -105,6 +105,35 @@ class Settings:
         return (f"Settings(db={self.db!r}, base_url={self.base_url!r}, keys=[{keys}], "
                 f"concurrency={self.concurrency}, limits={self.limits}, max_attempts={self.max_attempts})")
 
+    def shown(self) -> dict[str, str]:
+        """The settings a run goes by, for its report: keys by id, URLs without credentials; never a secret."""
+        from urllib.parse import urlsplit
+
+        def bare(url: str | None) -> str:
+            if not url:
+                return ""
+            parts = urlsplit(url)
+            return parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl() if "@" in parts.netloc else url
+
+        def limits(limits: KeyLimits) -> str:
+            shown = [f"{limits.rate} requests" if limits.rate else "", f"{limits.tokens} tokens" if limits.tokens else ""]
+            return ", ".join(part for part in shown if part) or "none"
+
+        options = {
+            "base_url": bare(self.base_url), "db": bare(self.db), "keys": ", ".join(key.id for key in self.keys),
+            "concurrency": str(self.concurrency), "limits": limits(self.limits),
+            **{f"limits[{key}]": limits(value) for key, value in sorted(self.per_key_limits.items())},
+            "max_attempts": str(self.max_attempts), "transient_patience": f"{self.transient_patience:g} s",
+            "request_timeout": f"{self.request_timeout:g} s", "via": self.via,
+        }
+        optional = {
+            "fallback": ", ".join(self.fallback_models), "drop_unsupported": "yes" if self.drop_unsupported else "",
+            "max_cost": f"${self.max_cost:g}" if self.max_cost is not None else "",
+            "max_tokens": f"{self.max_tokens:,}" if self.max_tokens is not None else "",
+            "deadline": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(self.deadline)) if self.deadline else "",
+        }
+        return {**options, **{name: value for name, value in optional.items() if value}}
+
     def require_provider(self) -> None:
         if not self.base_url:
             raise ConfigError("no provider: pass --base-url URL or set BATCHRUN_BASE_URL "

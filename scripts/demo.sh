@@ -24,10 +24,12 @@ export BATCHRUN_API_KEYS="demo1:secret-one,demo2:secret-two,demo3:secret-three"
 
 echo "== batchrun submit jobs/example.jsonl"
 "$BATCHRUN" submit jobs/example.jsonl
-echo "== batchrun run   (3 keys, each limited to 20 requests per 1 s window, against $BASE_URL)"
-"$BATCHRUN" run --rate-limit 20/1s --no-progress
+echo "== batchrun run --metrics-file $DEMO/metrics.prom   (3 keys, each limited to 20 requests per 1 s window, against $BASE_URL)"
+"$BATCHRUN" run --rate-limit 20/1s --no-progress --metrics-file "$DEMO/metrics.prom"
 echo "== batchrun status"
 "$BATCHRUN" status
+echo "== batchrun report --output $DEMO/report.html"
+"$BATCHRUN" report --output "$DEMO/report.html"
 echo "== batchrun export --output $DEMO/results.jsonl --errors $DEMO/errors.jsonl"
 "$BATCHRUN" export --output "$DEMO/results.jsonl" --errors "$DEMO/errors.jsonl"
 "$BIN/python" - "$DEMO/results.jsonl" <<'PY'
