@@ -9,13 +9,13 @@ insert itself.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from itertools import chain
 from typing import TYPE_CHECKING
 
 from sqlalchemy import delete, select
 from sqlalchemy.engine import Connection
 
-from batchrun.attempts import AttemptRecord, EventRecord
-from batchrun.reportdata import latency_bin
+from batchrun.attempts import ATTEMPT_COLUMNS, AttemptRecord, EventRecord
 from batchrun.schema import attempts, run_events, runners
 
 if TYPE_CHECKING:
@@ -23,9 +23,9 @@ if TYPE_CHECKING:
 
 __all__ = ["AttemptStore"]
 
-_ATTEMPT_COLUMNS = ("runner_id", "batch_id", "job_id", "sent_at", "answered_at", "latency_bin", "sent", "key_id",
-                    "endpoint", "model", "model_sent", "model_served", "status_code", "outcome", "prompt_tokens",
-                    "completion_tokens", "cost", "fallback_reason", "message")
+#: attempts a statement inserts: several rows to a statement cost SQLite ≈ 2 µs a row less (as in
+#: `Store.insert_jobs`); × 18 parameters stays under SQLite's oldest limit of 999
+_ROWS_PER_INSERT = 50
 _EVENT_COLUMNS = ("runner_id", "at", "kind", "key_id", "message")
 
 
@@ -39,13 +39,14 @@ class AttemptStore:
               event_rows: Sequence[EventRecord]) -> None:
         """Add attempts and events of runner `runner_id` in the caller's transaction."""
         mark = self._store._mark
-        if attempt_rows:
-            conn.exec_driver_sql(_insert_sql("attempts", _ATTEMPT_COLUMNS, mark), [
-                (runner_id, a.batch_id, a.job_id, a.sent_at, a.answered_at,
-                 latency_bin(a.answered_at - a.sent_at) if a.sent else None, a.sent, a.key_id, a.endpoint, a.model,
-                 a.model_sent, a.model_served, a.status_code, a.outcome, a.prompt_tokens, a.completion_tokens,
-                 a.cost, a.fallback_reason, a.message)
-                for a in attempt_rows])
+        rows, per = attempt_rows, _ROWS_PER_INSERT
+        whole = len(rows) - len(rows) % per
+        if whole:
+            conn.exec_driver_sql(_insert_attempts_sql(runner_id, per, mark), [
+                tuple(chain.from_iterable(rows[start:start + per])) for start in range(0, whole, per)])
+        if whole < len(rows):
+            conn.exec_driver_sql(_insert_attempts_sql(runner_id, len(rows) - whole, mark),
+                                 tuple(chain.from_iterable(rows[whole:])))
         if event_rows:
             conn.exec_driver_sql(_insert_sql("run_events", _EVENT_COLUMNS, mark), [
                 (runner_id, e.at, e.kind, e.key_id, e.message) for e in event_rows])
@@ -59,6 +60,12 @@ class AttemptStore:
             dropped_attempts = conn.execute(delete(attempts).where(attempts.c.runner_id.in_(old))).rowcount
             dropped_events = conn.execute(delete(run_events).where(run_events.c.runner_id.in_(old))).rowcount
         return dropped_attempts, dropped_events
+
+
+def _insert_attempts_sql(runner_id: int, rows: int, mark: str) -> str:
+    values = f"({int(runner_id)}, {', '.join([mark] * len(ATTEMPT_COLUMNS))})"
+    return (f"INSERT INTO attempts (runner_id, {', '.join(ATTEMPT_COLUMNS)}) "
+            f"VALUES {', '.join([values] * rows)}")
 
 
 def _insert_sql(table: str, columns: Sequence[str], mark: str) -> str:

@@ -27,7 +27,7 @@ from typing import Any, TypeVar
 
 import orjson
 
-from batchrun.attempts import AttemptLog, AttemptRecord, EventRecord, cut_message
+from batchrun.attempts import AttemptLog, AttemptRecord, EventRecord, refused_attempt, sent_attempt
 from batchrun.budget import Reservation, SpendCap
 from batchrun.breaker import CircuitBreaker
 from batchrun.catalog import Catalog, parse_catalog
@@ -570,22 +570,24 @@ class Runner:
     def _refuse(self, job: ClaimedJob, code: str, message: str, prepared: Prepared | None = None,
                 status: int | None = None) -> None:
         """Fail a job without sending it (a precheck, an endpoint or model no key may use)."""
-        now = time.time()
-        self.attempt_log.add(AttemptRecord(job.id, job.batch_id, now, now, None, job.endpoint, job.model,
-                                           prepared.model_sent if prepared else None, None, None, code,
-                                           message=cut_message(message), sent=False))
+        self.attempt_log.add(refused_attempt(job.batch_id, job.id, job.endpoint, job.model,
+                                             prepared.model_sent if prepared else None, code, message))
         self._queue_outcome(self._failed(job, job.attempts, None, status, None, code, message, prepared))
 
     def _log_attempt(self, lane: KeyLane, job: ClaimedJob, prepared: Prepared, sent_at: float, status: int | None,
                      outcome: str, completion: Completion | None = None, cost: float | None = None,
                      message: str | None = None) -> None:
         """An attempt ended (`sent_at`: monotonic): into the attempts log."""
-        answered = time.time()
-        self.attempt_log.add(AttemptRecord(
-            job.id, job.batch_id, answered - (time.monotonic() - sent_at), answered, lane.key.id, job.endpoint,
-            job.model, prepared.model_sent, completion.model if completion else None, status, outcome,
-            completion.prompt_tokens if completion else None, completion.completion_tokens if completion else None,
-            cost, prepared.fallback_reason, cut_message(message)))
+        if completion is None:
+            record = sent_attempt(job.batch_id, job.id, time.monotonic() - sent_at, lane.key.id, job.endpoint,
+                                  job.model, prepared.model_sent, None, status, outcome,
+                                  fallback_reason=prepared.fallback_reason, message=message)
+        else:
+            record = sent_attempt(job.batch_id, job.id, time.monotonic() - sent_at, lane.key.id, job.endpoint,
+                                  job.model, prepared.model_sent, completion.model, status, outcome,
+                                  completion.prompt_tokens, completion.completion_tokens, cost,
+                                  prepared.fallback_reason)
+        self.attempt_log.add(record)
 
     def _unservable_message(self, model: str, error: ProviderError | None) -> str:
         refused = ", ".join(lane.key.id for lane in self.lanes if model in lane.forbidden_models)
