@@ -31,8 +31,6 @@ import orjson
 from sqlalchemy import (
     Connection,
     Engine,
-    and_,
-    bindparam,
     func,
     insert,
     select,
@@ -403,44 +401,27 @@ class Store(KeyLeases):
         done, failed, retried = [], [], []
         for outcome in outcomes:
             if isinstance(outcome, Succeeded):
-                done.append({
-                    "b_id": outcome.job_id, "attempts": outcome.attempts, "key_id": outcome.key_id,
-                    "status_code": outcome.status_code, "request_id": outcome.request_id,
-                    "response": outcome.response, "model_served": outcome.model_served,
-                    "finish_reason": outcome.finish_reason, "prompt_tokens": outcome.prompt_tokens,
-                    "completion_tokens": outcome.completion_tokens, "total_tokens": outcome.total_tokens,
-                    "cost": outcome.cost, "model_sent": outcome.model_sent,
-                    "fallback_reason": outcome.fallback_reason, "dropped_parameters": outcome.dropped_parameters,
-                })
+                done.append((*_SUCCEEDED_VALUES(outcome), outcome.job_id, owner))
             elif isinstance(outcome, Failed):
-                failed.append({
-                    "b_id": outcome.job_id, "attempts": outcome.attempts, "key_id": outcome.key_id,
-                    "status_code": outcome.status_code, "response": outcome.response,
-                    "error_code": outcome.error_code, "error_message": outcome.error_message,
-                    "model_sent": outcome.model_sent, "fallback_reason": outcome.fallback_reason,
-                    "dropped_parameters": outcome.dropped_parameters,
-                })
+                failed.append((*_FAILED_VALUES(outcome), outcome.job_id, owner))
             else:
-                retried.append({
-                    "b_id": outcome.job_id, "attempts": outcome.attempts, "not_before": outcome.not_before,
-                    "key_id": outcome.key_id, "status_code": outcome.status_code,
-                    "response": outcome.response, "error_code": outcome.error_code,
-                    "error_message": outcome.error_message, "transient_since": outcome.transient_since,
-                })
-        held = and_(jobs.c.id == bindparam("b_id"), jobs.c.state == RUNNING, jobs.c.lease_owner == owner)
+                retried.append((*_RETRY_VALUES(outcome), outcome.job_id, owner))
+        # Plain tuples to the driver: SQLAlchemy's per-row parameter processing of these updates cost the
+        # dispatch loop ≈ 2–3 % of its CPU at thousands of answers a second.
+        mark = self._mark
         landed = 0
         with self._write() as conn:
             if done:
-                landed += conn.execute(update(jobs).where(held).values(
-                    state=SUCCEEDED, lease_owner=None, lease_expires=None, finished_at=now,
-                    error_code=None, error_message=None), done).rowcount
+                landed += conn.exec_driver_sql(_held_update(
+                    f"state = '{SUCCEEDED}', finished_at = {now!r}, error_code = NULL, error_message = NULL",
+                    _SUCCEEDED_COLUMNS, mark), done).rowcount
             if failed:
-                landed += conn.execute(update(jobs).where(held).values(
-                    state=FAILED, lease_owner=None, lease_expires=None, finished_at=now,
-                    request_id=None), failed).rowcount
+                landed += conn.exec_driver_sql(_held_update(
+                    f"state = '{FAILED}', finished_at = {now!r}, request_id = NULL", _FAILED_COLUMNS, mark),
+                    failed).rowcount
             if retried:
-                landed += conn.execute(update(jobs).where(held).values(
-                    state=QUEUED, lease_owner=None, lease_expires=None), retried).rowcount
+                landed += conn.exec_driver_sql(_held_update(f"state = '{QUEUED}'", _RETRY_COLUMNS, mark),
+                                               retried).rowcount
             if runner_id is not None and (attempts or events):
                 self.attempts.write(conn, runner_id, attempts, events)
         expected = len(done) + len(failed) + len(retried)
@@ -711,6 +692,26 @@ class Store(KeyLeases):
             query = query.where(jobs.c.batch_id == batch_id)
         with self._read() as conn:
             return {model: int(count) for model, count in conn.execute(query)}
+
+
+#: what `Store.record` writes of each outcome, in this order (then the job id and the lease owner)
+_SUCCEEDED_COLUMNS = ("attempts", "key_id", "status_code", "request_id", "response", "model_served", "finish_reason",
+                      "prompt_tokens", "completion_tokens", "total_tokens", "cost", "model_sent", "fallback_reason",
+                      "dropped_parameters")
+_FAILED_COLUMNS = ("attempts", "key_id", "status_code", "response", "error_code", "error_message", "model_sent",
+                   "fallback_reason", "dropped_parameters")
+_RETRY_COLUMNS = ("attempts", "not_before", "key_id", "status_code", "response", "error_code", "error_message",
+                  "transient_since")
+_SUCCEEDED_VALUES = operator.attrgetter(*_SUCCEEDED_COLUMNS)
+_FAILED_VALUES = operator.attrgetter(*_FAILED_COLUMNS)
+_RETRY_VALUES = operator.attrgetter(*_RETRY_COLUMNS)
+
+
+def _held_update(fixed: str, columns: Sequence[str], mark: str) -> str:
+    """An UPDATE of one job still leased to its runner (the last two parameters: its id, the owner)."""
+    values = ", ".join(f"{column} = {mark}" for column in columns)
+    return (f"UPDATE jobs SET {fixed}, lease_owner = NULL, lease_expires = NULL, {values} "
+            f"WHERE id = {mark} AND state = '{RUNNING}' AND lease_owner = {mark}")
 
 
 def _parameters(stored: str | None) -> tuple[str, ...] | None:
