@@ -9,7 +9,7 @@ database in seconds, and Python only turns the groups into values.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import orjson
@@ -79,41 +79,37 @@ def report_data(query: Query, runner_id: int, batch_id: int | None, batch: str |
     def start(i: Any, seconds: int = width) -> float:
         return float(int(i) * seconds)
 
+    # Three scans of the run's rows: what was sent (by key, bucket and latency bin), what succeeded (by hour
+    # and model), and what failed, was refused or fell back.
     bucket = index("answered_at", width)
-    buckets = tuple(Bucket(start(i), int(ok), int(errors), int(limited)) for i, ok, errors, limited in query(
-        f"SELECT {bucket}, SUM(CASE WHEN outcome = 'ok' THEN 1 ELSE 0 END), "
-        f"SUM(CASE WHEN outcome = 'ok' THEN 0 ELSE 1 END), SUM(CASE WHEN status_code = 429 THEN 1 ELSE 0 END) "
-        f"FROM attempts {where} AND sent GROUP BY 1 ORDER BY 1", params))
-    keys = tuple(KeyBucket(str(key), start(i), int(n), int(limited)) for key, i, n, limited in query(
-        f"SELECT key_id, {bucket}, COUNT(*), SUM(CASE WHEN status_code = 429 THEN 1 ELSE 0 END) "
-        f"FROM attempts {where} AND sent AND key_id IS NOT NULL GROUP BY 1, 2 ORDER BY 1, 2", params))
-    histograms: dict[int, dict[int, int]] = {}
-    for i, bin_, n in query(f"SELECT {bucket}, latency_bin, COUNT(*) FROM attempts {where} AND sent "
-                            "AND latency_bin IS NOT NULL GROUP BY 1, 2", params):
-        histograms.setdefault(int(i), {})[int(bin_)] = int(n)
+    per_bucket: dict[int, list[int]] = {}  # bucket -> [succeeded, errors, 429s]
+    per_key: dict[tuple[str, int], list[int]] = {}  # (key, bucket) -> [requests, 429s]
+    histograms: dict[int, dict[int, int]] = {}  # bucket -> latency bin -> requests
+    for key, i, bin_, n, ok, limited in query(
+            f"SELECT key_id, {bucket}, latency_bin, COUNT(*), SUM(CASE WHEN outcome = 'ok' THEN 1 ELSE 0 END), "
+            f"SUM(CASE WHEN status_code = 429 THEN 1 ELSE 0 END) FROM attempts {where} AND sent "
+            "GROUP BY 1, 2, 3", params):
+        i, n, ok, limited = int(i), int(n), int(ok), int(limited)
+        counts = per_bucket.setdefault(i, [0, 0, 0])
+        counts[0] += ok
+        counts[1] += n - ok
+        counts[2] += limited
+        if key is not None:
+            sent = per_key.setdefault((str(key), i), [0, 0])
+            sent[0] += n
+            sent[1] += limited
+        if bin_ is not None:
+            histogram = histograms.setdefault(i, {})
+            histogram[int(bin_)] = histogram.get(int(bin_), 0) + n
+    buckets = tuple(Bucket(start(i), *per_bucket[i]) for i in sorted(per_bucket))
+    keys = tuple(KeyBucket(key, start(i), *per_key[key, i]) for key, i in sorted(per_key))
     latency = tuple(_latency_bucket(start(i), histograms[i]) for i in sorted(histograms))
     whole: dict[int, int] = {}
     for histogram in histograms.values():
         for bin_, n in histogram.items():
             whole[bin_] = whole.get(bin_, 0) + n
-    model = "COALESCE(model_served, model_sent, model)"
-    usage = (f"SUM(COALESCE(prompt_tokens, 0)), SUM(COALESCE(completion_tokens, 0)), SUM(cost), "
-             f"SUM(CASE WHEN cost IS NULL THEN 1 ELSE 0 END)")
-    models = tuple(ModelUsage(str(name), int(n), int(p or 0), int(c or 0), _cost(cost, unpriced))
-                   for name, n, p, c, cost, unpriced in query(
-                       f"SELECT {model}, COUNT(*), {usage} FROM attempts {where} AND outcome = 'ok' "
-                       "GROUP BY 1 ORDER BY 1", params))
-    hour = index("answered_at", 3600)
-    hours = tuple(HourUsage(start(i, 3600), str(name), int(p or 0), int(c or 0), _cost(cost, unpriced))
-                  for i, name, p, c, cost, unpriced in query(
-                      f"SELECT {hour}, {model}, {usage} FROM attempts {where} AND outcome = 'ok' "
-                      "GROUP BY 1, 2 ORDER BY 1, 2", params))
-    fallbacks = tuple(Fallback(str(asked), str(sent or ""), str(reason), int(n)) for asked, sent, reason, n in query(
-        f"SELECT model, model_sent, fallback_reason, COUNT(*) FROM attempts {where} "
-        "AND fallback_reason IS NOT NULL GROUP BY 1, 2, 3 ORDER BY 4 DESC", params))
-    prechecks = {str(code): int(n) for code, n in query(
-        f"SELECT outcome, COUNT(*) FROM attempts {where} AND NOT sent GROUP BY 1 ORDER BY 2 DESC", params)}
-    failures = tuple(_failures(query, where, params))
+    hours, models = _usage(query, where, params, index("answered_at", 3600), start)
+    fallbacks, prechecks, failures = _trouble(query, where, params)
     events = tuple(RunEvent(float(at), str(kind), key, str(message)) for at, kind, key, message in query(
         f"SELECT at, kind, key_id, message FROM run_events WHERE runner_id = ? ORDER BY at, id LIMIT {MAX_EVENTS}",
         (runner_id,)))
@@ -156,12 +152,52 @@ def _cost(cost: Any, unpriced: Any) -> float | None:
     return None if cost is None or unpriced else float(cost)
 
 
-def _failures(query: Query, where: str, params: Sequence[Any]) -> list[FailureCode]:
-    found = []
-    for code, n, example_id in query(
-            f"SELECT outcome, COUNT(*), MAX(id) FROM attempts {where} AND outcome <> 'ok' "
-            f"GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT {TOP_FAILURES}", params):
+def _usage(query: Query, where: str, params: Sequence[Any], hour: str,
+           start: Callable[[Any, int], float]) -> tuple[tuple[HourUsage, ...], tuple[ModelUsage, ...]]:
+    """Tokens and cost of the succeeded attempts by hour and model, and by model alone."""
+    hours = []
+    models: dict[str, list[Any]] = {}  # model -> [requests, prompt, completion, cost, unpriced]
+    for i, name, n, prompt, completion, cost, unpriced in query(
+            f"SELECT {hour}, COALESCE(model_served, model_sent, model), COUNT(*), SUM(COALESCE(prompt_tokens, 0)), "
+            f"SUM(COALESCE(completion_tokens, 0)), SUM(cost), SUM(CASE WHEN cost IS NULL THEN 1 ELSE 0 END) "
+            f"FROM attempts {where} AND outcome = 'ok' GROUP BY 1, 2 ORDER BY 1, 2", params):
+        name, prompt, completion, unpriced = str(name), int(prompt or 0), int(completion or 0), int(unpriced or 0)
+        hours.append(HourUsage(start(i, 3600), name, prompt, completion, _cost(cost, unpriced)))
+        total = models.setdefault(name, [0, 0, 0, 0.0, 0])
+        total[0] += int(n)
+        total[1] += prompt
+        total[2] += completion
+        total[3] += float(cost or 0.0)
+        total[4] += unpriced
+    return tuple(hours), tuple(ModelUsage(name, n, prompt, completion, _cost(cost, unpriced))
+                               for name, (n, prompt, completion, cost, unpriced) in sorted(models.items()))
+
+
+def _trouble(query: Query, where: str, params: Sequence[Any]
+             ) -> tuple[tuple[Fallback, ...], dict[str, int], tuple[FailureCode, ...]]:
+    """Fallbacks, jobs refused before sending, and the most frequent failure codes with an example each."""
+    fallbacks: dict[tuple[str, str, str], int] = {}
+    prechecks: dict[str, int] = {}
+    failed: dict[str, list[int]] = {}  # code -> [attempts, id of the last one]
+    for sent, code, asked, sent_model, reason, n, last in query(
+            f"SELECT sent, outcome, model, model_sent, fallback_reason, COUNT(*), MAX(id) FROM attempts {where} "
+            "AND (outcome <> 'ok' OR fallback_reason IS NOT NULL) GROUP BY 1, 2, 3, 4, 5", params):
+        n = int(n)
+        if reason is not None:
+            fell = (str(asked), str(sent_model or ""), str(reason))
+            fallbacks[fell] = fallbacks.get(fell, 0) + n
+        if code == "ok":
+            continue
+        if not sent:
+            prechecks[str(code)] = prechecks.get(str(code), 0) + n
+        entry = failed.setdefault(str(code), [0, 0])
+        entry[0] += n
+        entry[1] = max(entry[1], int(last))
+    top = sorted(failed.items(), key=lambda item: (-item[1][0], item[0]))[:TOP_FAILURES]
+    failures = []
+    for code, (n, example_id) in top:
         example = query("SELECT status_code, message FROM attempts WHERE id = ?", (example_id,))
         status, message = example[0] if example else (None, None)
-        found.append(FailureCode(str(code), None if status is None else int(status), int(n), str(message or "")))
-    return found
+        failures.append(FailureCode(code, None if status is None else int(status), n, str(message or "")))
+    return (tuple(Fallback(*fell, n) for fell, n in sorted(fallbacks.items(), key=lambda item: -item[1])),
+            dict(sorted(prechecks.items(), key=lambda item: -item[1])), tuple(failures))

@@ -83,6 +83,9 @@ def test_report_and_prune_through_the_cli(cli: Cli, sim: RunningSimulator, tmp_p
     assert "report of run 1 (20 request(s))" in made.stderr
     assert "<svg" in (tmp_path / "report.html").read_text()
     assert cli("report", "--run", "7", "-o", "-").stderr.count("--run 7: no such run") == 1
+    assert "no batch named 'other'" in cli("report", "--batch", "other", "-o", "-").stderr
+    scoped = cli("report", "--batch", "jobs", "--run", "1", "-o", str(tmp_path / "scoped.html"))
+    assert scoped.returncode == 0 and "(20 request(s))" in scoped.stderr
 
     kept = cli("prune", "--older-than", "30d")
     assert kept.returncode == 0 and "pruned 0 attempt(s)" in kept.stdout
