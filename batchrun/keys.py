@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -118,15 +118,21 @@ class TokenWindow:
     (A leaky bucket would allow a full burst on top of a full drain rate: up to twice the limit
     inside one window.) Like `RequestWindow`, the window is `slack` longer than the provider's, so
     that jitter between our send and its arrival cannot put one window's tokens into another.
+
+    Like `RequestWindow`, the rule is pure (`delay` and `take` are told the time); `reserve` reads
+    `clock` and waits with `sleep`, so a test can move a fake clock instead of waiting for a real one.
     """
 
-    __slots__ = ("_limit", "_period", "_entries", "_used")
+    __slots__ = ("_limit", "_period", "_entries", "_used", "_clock", "_sleep")
 
-    def __init__(self, rate: Rate, slack: float = JITTER_SLACK) -> None:
+    def __init__(self, rate: Rate, slack: float = JITTER_SLACK, *, clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], Awaitable[object]] = asyncio.sleep) -> None:
         self._limit = rate.count
         self._period = rate.period + slack
         self._entries: list[list[float]] = []   # [time, amount], oldest first
         self._used = 0.0
+        self._clock = clock
+        self._sleep = sleep
 
     def _purge(self, now: float) -> None:
         horizon = now - self._period
@@ -139,17 +145,25 @@ class TokenWindow:
         if drop:
             del self._entries[:drop]
 
+    def delay(self, amount: float, now: float) -> float:
+        """Seconds until `amount` tokens fit in the window (0: now)."""
+        self._purge(now)
+        # A single request larger than the whole budget is let through alone rather than never.
+        if self._used + amount <= self._limit or not self._entries:
+            return 0.0
+        return max(0.001, self._entries[0][0] + self._period - now)
+
+    def take(self, amount: float, now: float) -> list[float]:
+        """Count `amount` tokens sent at `now` (when `delay` said 0); returns the entry to settle."""
+        entry = [now, amount]
+        self._entries.append(entry)
+        self._used += amount
+        return entry
+
     async def reserve(self, amount: float) -> list[float]:
-        while True:
-            now = time.monotonic()
-            self._purge(now)
-            # A single request larger than the whole budget is let through alone rather than never.
-            if self._used + amount <= self._limit or not self._entries:
-                entry = [now, amount]
-                self._entries.append(entry)
-                self._used += amount
-                return entry
-            await asyncio.sleep(max(0.001, self._entries[0][0] + self._period - now))
+        while (wait := self.delay(amount, self._clock())) > 0:
+            await self._sleep(wait)
+        return self.take(amount, self._clock())
 
     def settle(self, entry: list[float], actual: float) -> None:
         if entry in self._entries:
