@@ -9,6 +9,7 @@ locked" instead of waiting its turn). PostgreSQL goes through psycopg 3 (`postgr
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from importlib import resources
 from typing import Any
@@ -45,6 +46,9 @@ def create_store_engine(url: str) -> Engine:
     if backend == "postgresql":
         if parsed.drivername == "postgresql":
             parsed = parsed.set(drivername="postgresql+psycopg")
+        if parsed.get_driver_name() == "psycopg" and importlib.util.find_spec("psycopg") is None:
+            raise StoreError(f"{parsed.render_as_string(hide_password=True)} needs the PostgreSQL driver, "
+                             "which is not installed: pip install 'batchrun[postgresql]'")
         return create_engine(parsed, pool_pre_ping=True)
     raise StoreError(f"unsupported database {url!r}: use sqlite:///PATH or postgresql://...")
 

@@ -65,7 +65,7 @@ from batchrun.records import (
 from batchrun.reportdata import ReportData
 from batchrun.reportquery import find_run, report_data
 from batchrun.schema import api_keys, batches, jobs, models, runners, submitted_chunks
-from batchrun.view import Query, QueueView
+from batchrun.view import Query, QueueView, placeholders
 
 __all__ = [
     "CANCELLED",
@@ -222,7 +222,7 @@ class Store(KeyLeases):
         """A read transaction for `view`: its SQL (`?` placeholders) handed to the driver."""
         mark = self._mark
         with self._read() as conn:
-            yield lambda sql, params: conn.exec_driver_sql(sql.replace("?", mark), tuple(params)).all()
+            yield lambda sql, params: conn.exec_driver_sql(placeholders(sql, mark), tuple(params)).all()
 
     # --- submitting ---
 

@@ -12,6 +12,7 @@ the store, it translates driver errors into `StoreError`.
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -32,6 +33,42 @@ from batchrun.revision import SCHEMA_REVISION
 
 #: runs one statement (with `?` placeholders) and returns its rows
 Query = Callable[[str, Sequence[Any]], Sequence[Sequence[Any]]]
+
+
+@functools.lru_cache(maxsize=512)
+def placeholders(sql: str, mark: str) -> str:
+    """`sql`, written with `?` placeholders, for a driver whose placeholder is `mark` (psycopg: `%s`).
+
+    Not a plain `replace`: a `?` inside a string literal, a quoted name or a `--` comment stays as it
+    is, and for a `%s` driver every literal `%` is doubled (psycopg reads `%` as the start of a
+    placeholder anywhere in the statement, literals included).
+    """
+    if mark == "?":
+        return sql
+    percent = "%%" if mark.startswith("%") else "%"
+    out: list[str] = []
+    quote: str | None = None  # inside '...' or "..."
+    comment = False  # inside -- ... to the end of the line
+    previous = ""
+    for ch in sql:
+        if ch == "%":
+            out.append(percent)
+        elif comment:
+            comment = ch != "\n"
+            out.append(ch)
+        elif quote is not None:
+            quote = None if ch == quote else quote  # '' inside a literal closes and reopens it
+            out.append(ch)
+        elif ch in "'\"":
+            quote = ch
+            out.append(ch)
+        elif ch == "-" and previous == "-":
+            comment = True
+            out.append(ch)
+        else:
+            out.append(mark if ch == "?" else ch)
+        previous = ch
+    return "".join(out)
 
 JOB_STATES = ("queued", "running", "succeeded", "failed", "cancelled")
 _RUNNER = "owner, host, pid, started_at, heartbeat_at, ended_at, exit_code, outcome, requests, latency_p50, latency_p99, id"
