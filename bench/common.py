@@ -1,7 +1,8 @@
-"""What every benchmark shares: pinned subprocesses, the simulator, job files, statistics, results.
+"""What every benchmark shares: pinned subprocesses, the servers, job files, statistics, results.
 
 The machine is small and noisy, so the rules are built in here:
-  * the simulator runs on core 1 and the program under test on core 0 (`taskset`), one at a time;
+  * the server (the simulator for the behaviour cases, bench/fastserver.py for the throughput ones) runs
+    on core 1 and the program under test on core 0 (`taskset`), one at a time;
   * a process is timed from spawn to exit, and its own peak RSS and CPU time come from `os.wait4`;
   * every figure is a `Series` of repetitions, shown as median (min–max, n);
   * comparisons are ratios of runs made in the same repetition, alternating, never of separate sessions.
@@ -38,6 +39,8 @@ BIN = Path(sys.executable).parent
 BATCHRUN = str(BIN / "batchrun")
 PYTHON = sys.executable
 TASKSET = shutil.which("taskset") or "/usr/bin/taskset"
+#: the load generator that measures the fast server alone (`apt-get install -y wrk`); optional
+WRK = shutil.which("wrk")
 RUNNER_CPU, SIM_CPU = "0", "1"
 #: a stuck process is killed after this long, so one bad run cannot hang the suite
 DEFAULT_TIMEOUT = 300.0
@@ -135,6 +138,20 @@ def shown(cmd: Sequence[str]) -> str:
     return re.sub(re.escape(tempfile.gettempdir()) + r"/(?:[\w.-]+/)+", "$TMP/", text)
 
 
+def batchrun_revision() -> str:
+    """A note of which batchrun was measured: the commit, and the files of batchrun/ changed since, if any
+    (the venv's install is editable, so a run measures the working tree as it is)."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(ROOT), *args], capture_output=True, text=True).stdout
+
+    commit = git("rev-parse", "--short", "HEAD").strip() or "?"
+    changed = [line[3:] for line in git("status", "--porcelain", "--", "batchrun", "migrations").splitlines()]
+    if not changed:
+        return f"batchrun measured at commit {commit}, batchrun/ unchanged since."
+    return (f"batchrun measured at commit {commit} plus uncommitted changes to {len(changed)} file(s) of batchrun/ "
+            f"({', '.join(changed[:8])}{', …' if len(changed) > 8 else ''}).")
+
+
 def machine_busy_seconds() -> float:
     """CPU seconds all cores have spent busy since boot (/proc/stat), steal time included."""
     user, nice, system, _idle, _iowait, irq, softirq, steal = map(int, Path("/proc/stat").read_text().split()[1:9])
@@ -153,10 +170,10 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-# --- the simulator ------------------------------------------------------------------------------
+# --- the servers --------------------------------------------------------------------------------
 
 class PinnedServer:
-    """A provider (the simulator, llmock) running on the simulator's core, its output in a log file."""
+    """A provider (the simulator, the fast server, llmock) running on the server's core, its output in a log file."""
 
     def __init__(self, cmd: Sequence[str], log_prefix: str) -> None:
         self.cmd = list(cmd)
@@ -187,19 +204,20 @@ class PinnedServer:
         self.close()
 
 
-class Simulator(PinnedServer):
-    """`batchrun simulate` on its own core, with its counters one HTTP call away."""
+class BenchServer(PinnedServer):
+    """A provider of the bench's own (the simulator, the fast server) on its own core, with its counters
+    one HTTP call away under `CONTROL` (`stats`, `reset`); it prints `listening on URL` once it serves."""
 
-    def __init__(self, *flags: str, cmd: Sequence[str] | None = None) -> None:
-        """`cmd`, if given, launches it instead (a wrapper that serves more, say); it prints the same line."""
-        self.flags = list(flags)
-        super().__init__(cmd or [BATCHRUN, "simulate", "--port", "0", *self.flags], "bench-sim-")
+    CONTROL = ""
+
+    def __init__(self, cmd: Sequence[str], log_prefix: str) -> None:
+        super().__init__(cmd, log_prefix)
         deadline = time.monotonic() + 20
         while not (found := re.search(r"listening on (http://\S+)", self.log())):
             if self.popen.poll() is not None or time.monotonic() > deadline:
                 log = self.log()
                 self.close()
-                raise RuntimeError(f"the simulator did not start: {log}")
+                raise RuntimeError(f"{shown(self.cmd)} did not start: {log}")
             time.sleep(0.05)
         self.base_url = found.group(1)
         host, port = self.base_url.split("//")[1].split("/")[0].split(":")
@@ -231,11 +249,23 @@ class Simulator(PinnedServer):
         return f"taskset -c {SIM_CPU} {shown(self.cmd)}"
 
     def stats(self) -> dict[str, Any]:
-        result: dict[str, Any] = self._call("GET", "/_sim/stats")
+        """Its counters: at least requests_total, by_status, completions_ok, duplicates, max_in_flight."""
+        result: dict[str, Any] = self._call("GET", f"{self.CONTROL}/stats")
         return result
 
     def reset(self) -> None:
-        self._call("POST", "/_sim/reset")
+        self._call("POST", f"{self.CONTROL}/reset")
+
+
+class Simulator(BenchServer):
+    """`batchrun simulate` on its own core: the provider that behaves like one (limits, faults, echoes)."""
+
+    CONTROL = "/_sim"
+
+    def __init__(self, *flags: str, cmd: Sequence[str] | None = None) -> None:
+        """`cmd`, if given, launches it instead (a wrapper that serves more, say); it prints the same line."""
+        self.flags = list(flags)
+        super().__init__(cmd or [BATCHRUN, "simulate", "--port", "0", *self.flags], "bench-sim-")
 
     def configure(self, **changes: Any) -> None:
         """Change the running simulator's settings (`POST /_sim/config`), e.g. `configure(fail_rate=1.0)`."""
@@ -244,14 +274,68 @@ class Simulator(PinnedServer):
             raise RuntimeError(f"the simulator refused {changes}: {answer}")
 
 
+class FastServer(BenchServer):
+    """`bench/fastserver.py` on its own core: canned answers after a fixed latency, for the throughput cases,
+    where the simulator's own CPU (≈ 0.2 ms a request) would be part of what is measured."""
+
+    CONTROL = "/_fast"
+
+    def __init__(self, latency_ms: float = 0.0) -> None:
+        self.latency_ms = latency_ms
+        super().__init__([PYTHON, str(BENCH / "fastserver.py"), "--port", "0", "--latency", f"{latency_ms:g}"],
+                         "bench-fast-")
+
+
+@dataclass
+class Load:
+    """`wrk` on the client core against a server alone: what the server does when nothing else costs."""
+
+    rate: float  # requests per second, wrk's count
+    requests: int  # the server's count
+    server_cpu: float
+    wall: float
+    command: str
+
+    @property
+    def server_share(self) -> float:
+        return self.server_cpu / self.wall
+
+    @property
+    def server_us(self) -> float:
+        """The server's CPU microseconds per request."""
+        return self.server_cpu / self.requests * 1e6 if self.requests else 0.0
+
+
+def wrk_load(server: BenchServer, body: bytes, connections: int = 64, seconds: int = 5) -> Load | None:
+    """`wrk -t1` (one thread: one core) POSTing `body` to the chat endpoint over `connections`
+    keep-alive connections for `seconds`, pinned to the client core; None if wrk is not installed."""
+    if WRK is None:
+        return None
+    script = Path(tempfile.mkdtemp(prefix="bench-wrk-")) / "chat.lua"
+    script.write_text(f'wrk.method = "POST"\nwrk.path = "/v1/chat/completions"\n'
+                      f'wrk.headers["Content-Type"] = "application/json"\n'
+                      f'wrk.headers["Authorization"] = "Bearer bench1:secret1"\nwrk.body = {json.dumps(body.decode())}\n')
+    cmd = [WRK, "-t1", f"-c{connections}", f"-d{seconds}s", "-s", str(script), server.base_url]
+    server.reset()
+    cpu = server.cpu_seconds()
+    proc = run(cmd).check()
+    cpu = server.cpu_seconds() - cpu
+    found = re.search(r"Requests/sec:\s*([\d.]+)", proc.stdout)
+    if not found:
+        raise RuntimeError(f"no rate in wrk's output: {proc.stdout}")
+    shutil.rmtree(script.parent, ignore_errors=True)
+    command = f"taskset -c {RUNNER_CPU} wrk -t1 -c{connections} -d{seconds}s -s chat.lua $SIM"
+    return Load(float(found.group(1)), int(server.stats()["requests_total"]), cpu, proc.wall, command)
+
+
 class Watch:
-    """Samples the simulator's request count in a thread while a program runs against it.
+    """Samples a server's request count in a thread while a program runs against it.
 
     From the samples: when the first request arrived and when the last one did (to within the
-    sampling interval), so a rate can be measured at the simulator, without the program's start-up.
+    sampling interval), so a rate can be measured at the server, without the program's start-up.
     """
 
-    def __init__(self, sim: Simulator, interval: float = 0.02) -> None:
+    def __init__(self, sim: BenchServer, interval: float = 0.02) -> None:
         self._sim = sim
         self._interval = interval
         self._stop = threading.Event()
@@ -282,7 +366,7 @@ class Watch:
 
 @dataclass
 class Measured:
-    """A program's run against the simulator: the process, the rate seen at the simulator, its CPU."""
+    """A program's run against a server: the process, the rate seen at the server, the server's CPU."""
 
     proc: Proc
     jobs: int
@@ -295,10 +379,20 @@ class Measured:
         """jobs / wall time from process start to exit."""
         return self.jobs / self.proc.wall
 
+    @property
+    def cpu_us(self) -> float:
+        """The client's CPU microseconds per job (its user + system time from `wait4`, start-up included)."""
+        return self.proc.cpu / self.jobs * 1e6
 
-def measure(sim: Simulator, cmd: Sequence[str], jobs: int, env: dict[str, str],
+    @property
+    def server_share(self) -> float:
+        """The server's CPU seconds over the client's wall time: its share of its core while serving."""
+        return self.sim_cpu / self.proc.wall
+
+
+def measure(sim: BenchServer, cmd: Sequence[str], jobs: int, env: dict[str, str],
             timeout: float = DEFAULT_TIMEOUT) -> Measured:
-    """Run `cmd` against a freshly reset simulator; check that every job got exactly one 200."""
+    """Run `cmd` against a freshly reset server; check that every job got exactly one 200."""
     sim.reset()
     watch = Watch(sim)
     sim_cpu = sim.cpu_seconds()
@@ -308,7 +402,7 @@ def measure(sim: Simulator, cmd: Sequence[str], jobs: int, env: dict[str, str],
     proc.check()
     stats = sim.stats()
     if stats["completions_ok"] != jobs or stats["duplicates"]:
-        raise RuntimeError(f"{shown(cmd)}: the simulator saw {stats['completions_ok']} successes "
+        raise RuntimeError(f"{shown(cmd)}: the server saw {stats['completions_ok']} successes "
                            f"({stats['duplicates']} duplicates) for {jobs} jobs: {stats['by_status']}")
     return Measured(proc, jobs, watch.rate(), sim_cpu, stats)
 
@@ -470,14 +564,14 @@ def loaded_db(ctx: Context, jobs: int) -> Path:
     return ctx.shared(f"loaded-{jobs}", make)
 
 
-def run_batchrun(ctx: Context, sim: Simulator, template: Path, jobs: int, concurrency: int) -> Measured:
+def run_batchrun(ctx: Context, sim: BenchServer, template: Path, jobs: int, concurrency: int) -> Measured:
     """`batchrun run` over a fresh copy of a loaded database, pinned to the client core."""
     db = copy_db(template, ctx.scratch("batchrun") / "batchrun.db")
     cmd = [BATCHRUN, "run", "--no-progress", "--concurrency", str(concurrency)]
     return measure(sim, cmd, jobs, batchrun_env(db, sim.base_url))
 
 
-def run_ceiling(ctx: Context, sim: Simulator, path: Path, jobs: int, concurrency: int) -> Measured:
+def run_ceiling(ctx: Context, sim: BenchServer, path: Path, jobs: int, concurrency: int) -> Measured:
     """The ceiling peer (bare aiohttp + SQLite) over the same job file, pinned to the client core."""
     out = ctx.scratch("ceiling") / "results.db"
     cmd = [PYTHON, str(BENCH / "peer_aiohttp.py"), str(path), sim.base_url, str(out),
