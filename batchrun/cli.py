@@ -67,6 +67,10 @@ def keys_file_option(fn: F) -> F:
 
 def provider_options(fn: F) -> F:
     fn = keys_file_option(fn)
+    fn = click.option("--ca-bundle", envvar="BATCHRUN_CA_BUNDLE", show_envvar=True, type=click.Path(dir_okay=False),
+                      help="Verify the provider's TLS certificate against this CA bundle (PEM), e.g. a "
+                           "corporate CA. [default: SSL_CERT_FILE, else the system's CAs] The proxy "
+                           "variables HTTPS_PROXY, HTTP_PROXY and NO_PROXY are honoured.")(fn)
     fn = click.option("--base-url", envvar="BATCHRUN_BASE_URL", show_envvar=True,
                       help="Provider URL including the version prefix, e.g. https://api.privatemind.com/v1")(fn)
     return fn
@@ -203,6 +207,9 @@ _RUN_HELP = "\n".join(f"  {code}  {meaning}" for code, meaning in EXIT_MEANINGS.
                    "gone on this long, so an outage does not use up its attempts; 0: --max-attempts "
                    "alone. [default: 10m]")
 @click.option("--request-timeout", help="Give up on one request after this long. [default: 10m]")
+@click.option("--probe-patience", envvar="BATCHRUN_PROBE_PATIENCE", show_envvar=True, metavar="DURATION",
+              help="At start, retry GET /models this long through timeouts, resets and 5xx before "
+                   "giving up with exit 5 (a 404 exits 5 at once). [default: 1m]")
 @click.option("--lease", help="How long a claimed job stays reserved without a heartbeat. [default: 60s]")
 @click.option("--backoff-base", help="First retry delay, doubling up to --backoff-max. [default: 1s]")
 @click.option("--backoff-max", help="Longest retry delay. [default: 30s]")
@@ -292,13 +299,14 @@ def run(batch: str | None, no_progress: bool, log_file: str | None, log_format: 
         fallbacks=_fallbacks(settings), drop_unsupported=settings.drop_unsupported,
         grace=settings.grace, deadline=settings.deadline, max_cost=settings.max_cost,
         max_tokens=settings.max_tokens, wait_for_keys=settings.wait_for_keys,
+        probe_patience=settings.probe_patience,
         described=(("batch", batch or "(all)"), *settings.shown().items()),
     )
     live = not no_progress and sys.stderr.isatty()
 
     async def main() -> int:
         async with ProviderClient(settings.base_url or "", request_timeout=settings.request_timeout,
-                                  connections=settings.concurrency + 8,
+                                  connections=settings.concurrency + 8, ca_bundle=settings.ca_bundle,
                                   require_request_id=settings.require_request_id) as client:
             runner = Runner(store, client, lanes, options)
             _install_signal_handlers(runner)
@@ -348,6 +356,7 @@ def _run_batch_api(store: Store, settings: Any, batch: str | None, wait: bool, l
 
     async def main() -> int | None:
         async with ProviderClient(settings.base_url or "", request_timeout=settings.request_timeout,
+                                  ca_bundle=settings.ca_bundle,
                                   require_request_id=settings.require_request_id) as client:
             report = await BatchDispatcher(store, client, list(settings.keys), options).run()
         lines = report.lines()
@@ -559,7 +568,7 @@ def _cancel_provider_batches(store: Store, batch_id: int | None, flags: dict[str
     from batchrun.provider import ProviderClient
 
     async def main() -> tuple[int, int]:
-        async with ProviderClient(settings.base_url or "") as client:
+        async with ProviderClient(settings.base_url or "", ca_bundle=settings.ca_bundle) as client:
             return await cancel_provider_batches(store, client, list(settings.keys), batch_id)
 
     at_provider, dropped = asyncio.run(main())
@@ -639,7 +648,7 @@ def _refresh_catalog(store: Store, settings: Any) -> Any:
     settings.require_provider()
 
     async def fetch() -> Any:
-        async with ProviderClient(settings.base_url, request_timeout=30) as client:
+        async with ProviderClient(settings.base_url, request_timeout=30, ca_bundle=settings.ca_bundle) as client:
             return await client.fetch_catalog(settings.keys)
 
     catalog = asyncio.run(fetch())

@@ -16,6 +16,9 @@ file and the defaults, and validates everything in one place.
     transient_patience = "10m"        # transient failures (429, 503, resets) fail a job only after
                                       # max_attempts AND this long: an outage does not use up its attempts
     request_timeout = "10m"
+    probe_patience = "1m"             # the start-up GET /models is retried this long through blips
+    ca_bundle = "corp-ca.pem"         # a private CA (PEM) to verify the provider's TLS certificate
+                                      # against; default: SSL_CERT_FILE, else the system's CAs
     backoff_base = "1s"
     backoff_max = "30s"
     require_request_id = false        # a 200 without request_id is retried instead of accepted
@@ -76,6 +79,10 @@ class Settings:
     max_attempts: int = 5
     transient_patience: float = 600.0
     request_timeout: float = 600.0
+    #: how long the start-up `GET /models` is retried through timeouts, resets and 5xx
+    probe_patience: float = 60.0
+    #: --ca-bundle / BATCHRUN_CA_BUNDLE / `ca_bundle`, else SSL_CERT_FILE: the PEM file TLS is verified against
+    ca_bundle: str | None = None
     lease: float = 60.0
     backoff_base: float = 1.0
     backoff_max: float = 30.0
@@ -131,6 +138,7 @@ class Settings:
             "max_cost": f"${self.max_cost:g}" if self.max_cost is not None else "",
             "max_tokens": f"{self.max_tokens:,}" if self.max_tokens is not None else "",
             "deadline": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(self.deadline)) if self.deadline else "",
+            "ca_bundle": self.ca_bundle or "",
         }
         return {**options, **{name: value for name, value in optional.items() if value}}
 
@@ -187,6 +195,8 @@ def build_settings(flags: dict[str, Any], config_path: str | None, environ: dict
         max_attempts=_positive_int(pick("max_attempts"), 5, "max_attempts"),
         transient_patience=_duration(pick("transient_patience"), 600.0, "transient_patience"),
         request_timeout=_duration(pick("request_timeout"), 600.0, "request_timeout"),
+        probe_patience=_duration(pick("probe_patience"), 60.0, "probe_patience"),
+        ca_bundle=_ca_bundle(flags.get("ca_bundle"), data.get("ca_bundle"), environ, where),
         lease=_duration(pick("lease"), 60.0, "lease"),
         backoff_base=_duration(pick("backoff_base"), 1.0, "backoff_base"),
         backoff_max=_duration(pick("backoff_max"), 30.0, "backoff_max"),
@@ -237,6 +247,18 @@ def _file_path(flag: Any, value: Any, where: str, name: str) -> str | None:
     if not isinstance(value, str) or not value:
         raise ConfigError(f"{where}: {name} must be a file path")
     return str(Path(where).parent / value)
+
+
+def _ca_bundle(flag: Any, value: Any, environ: dict[str, str], where: str) -> str | None:
+    """The CA bundle's path: the flag (or BATCHRUN_CA_BUNDLE), the config file's, else SSL_CERT_FILE
+    (as OpenSSL reads it: when it names no file, the system's CAs)."""
+    path = _file_path(flag, value, where, "ca_bundle")
+    if path is None:
+        cert_file = environ.get("SSL_CERT_FILE")
+        return cert_file if cert_file and os.path.isfile(cert_file) else None
+    if not os.path.isfile(path):
+        raise ConfigError(f"CA bundle {path} is not a file (--ca-bundle, BATCHRUN_CA_BUNDLE or ca_bundle)")
+    return path
 
 
 def _rate(flags: dict[str, Any], data: dict[str, Any], rate_name: str, per_minute_name: str, where: str) -> Rate | None:

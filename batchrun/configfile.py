@@ -20,6 +20,7 @@ FILE_KEYS = {
     "require_request_id", "key_format", "drop_unsupported", "fallback_models", "fallback",
     "grace", "max_duration", "until", "max_cost", "max_tokens", "wait_for_keys",
     "via", "batch_discount", "batch_max_requests", "batch_max_bytes", "poll_interval", "metrics_file",
+    "probe_patience", "ca_bundle",
 }
 
 

@@ -12,6 +12,7 @@ import dataclasses
 import email.utils
 import logging
 import re
+import ssl
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ from batchrun.endpoints import CHAT, BadAnswer, Endpoint
 from batchrun.errors import (
     BadRequest,
     BadResponse,
+    ConfigError,
     ConnectionFailed,
     EndpointNotFound,
     EndpointNotServed,
@@ -108,11 +110,17 @@ class Completion:
 
 
 class ProviderClient:
-    """One aiohttp session for a whole run; requests carry the key they are sent with."""
+    """One aiohttp session for a whole run; requests carry the key they are sent with.
+
+    Like the OpenAI SDK, it honours `HTTPS_PROXY` / `HTTP_PROXY` / `NO_PROXY` (a corporate proxy is
+    reached with CONNECT for https:// URLs), and verifies TLS against `ca_bundle` (a private CA's
+    PEM file) when given, else the system's CAs (or `SSL_CERT_FILE`, which OpenSSL reads itself).
+    """
 
     def __init__(self, base_url: str, *, request_timeout: float = 600.0, connections: int = 100,
-                 require_request_id: bool = False) -> None:
+                 require_request_id: bool = False, ca_bundle: str | None = None) -> None:
         self.base_url = base_url.rstrip("/")
+        self._ca_bundle = ca_bundle
         self.require_request_id = require_request_id
         self._models_url = f"{self.base_url}/models"
         self._timeout = request_timeout
@@ -123,11 +131,13 @@ class ProviderClient:
         self._memory: dict[str, dict[Any, Any]] = {}
 
     async def __aenter__(self) -> ProviderClient:
-        connector = aiohttp.TCPConnector(limit=self._connections, limit_per_host=0, ttl_dns_cache=300)
+        connector = aiohttp.TCPConnector(limit=self._connections, limit_per_host=0, ttl_dns_cache=300,
+                                         ssl=tls_context(self._ca_bundle))
         self._session = aiohttp.ClientSession(
             connector=connector,
             timeout=aiohttp.ClientTimeout(total=self._timeout),
             json_serialize=lambda value: orjson.dumps(value).decode(),
+            trust_env=True,  # the proxy variables (aiohttp ignores them by default)
         )
         return self
 
@@ -261,6 +271,11 @@ class ProviderClient:
         try:
             status, headers, text = await self._request("GET", self._models_url, key, None, CATALOG_TIMEOUT)
         except TransientError as exc:
+            if isinstance(exc.__cause__, aiohttp.ClientConnectorCertificateError):
+                # not a blip to wait out (the start-up probe retries only transient causes)
+                raise ProviderUnreachable(
+                    f"the TLS certificate of {self.base_url} is not trusted ({exc.__cause__.certificate_error}) "
+                    "— a private CA's PEM file goes in --ca-bundle PATH (or SSL_CERT_FILE)") from exc.__cause__
             raise ProviderUnreachable(
                 f"cannot reach the provider at {self.base_url}: {exc} — check --base-url / BATCHRUN_BASE_URL"
             ) from exc
@@ -324,6 +339,17 @@ class ProviderClient:
             raise ProviderUnreachable(f"invalid base URL {self.base_url!r}") from exc
         except (aiohttp.ClientError, OSError) as exc:
             raise ConnectionFailed(f"connection failed: {type(exc).__name__}: {exc}") from exc
+
+
+def tls_context(ca_bundle: str | None) -> ssl.SSLContext | bool:
+    """Certificate checks as usual (True: aiohttp's default context), against `ca_bundle` alone when
+    one is given."""
+    if ca_bundle is None:
+        return True
+    try:
+        return ssl.create_default_context(cafile=ca_bundle)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"cannot read the CA bundle {ca_bundle}: {exc}") from exc
 
 
 def parse_completion(text: str, *, require_request_id: bool = False, endpoint: Endpoint = CHAT,

@@ -30,7 +30,7 @@ import orjson
 from batchrun.attempts import AttemptLog, AttemptRecord, EventRecord, refused_attempt, sent_attempt
 from batchrun.budget import Reservation, SpendCap
 from batchrun.breaker import CircuitBreaker
-from batchrun.catalog import Catalog, parse_catalog
+from batchrun.catalog import Catalog, ModelInfo, parse_catalog
 from batchrun.endpoints import ENDPOINTS
 from batchrun.errors import (
     BatchrunError,
@@ -69,8 +69,10 @@ OPENING_PRECHECK_LIMIT = 20_000
 
 class Runner:
     def __init__(self, store: Store, client: ProviderClient, lanes: list[KeyLane], options: RunOptions,
-                 rng: random.Random | None = None) -> None:
+                 rng: random.Random | None = None, clock: Callable[[], float] = time.time) -> None:
         self._store = store
+        #: the wall clock the deadline (--max-duration / --until) is read on: a test can move it
+        self._now = clock
         self._client = client
         self.lanes = lanes
         self._options = options
@@ -188,7 +190,7 @@ class Runner:
                             lane.key.id, lane.state, lane.reason or "no reason recorded", lane.key.id)
         if self.stats.total == self.stats.done_before:
             return  # nothing queued or running (the same index-only counts as the progress totals)
-        if self._options.deadline is not None and self._options.deadline <= time.time():
+        if self._options.deadline is not None and self._options.deadline <= self._now():
             self.request_stop(f"the deadline {_clock(self._options.deadline)} has passed; nothing was started")
             return
         if not await self._keys.lease_keys() and any(lane.usable for lane in self.lanes):
@@ -205,7 +207,7 @@ class Runner:
             if not lane.usable or not lane.held:
                 continue
             try:
-                await self._refresh_catalog(lane)
+                await self._probe(lane)
                 return
             except KeyUnusable as exc:
                 await self._retire(lane, exc)
@@ -217,6 +219,29 @@ class Runner:
                 return
         if not any(lane.usable for lane in self.lanes):
             self.request_stop("no usable API key", self._no_key_error())
+
+    async def _probe(self, lane: KeyLane) -> None:
+        """The start-up catalogue request, tried again with the retry backoff while it fails
+        transiently (a timeout, a reset, a 5xx), for `probe_patience` seconds: one network blip
+        must not cost a whole night. A 404 (a wrong base URL) or a refused key is final at once."""
+        started = time.monotonic()
+        attempt = 0
+        while True:
+            try:
+                await self._refresh_catalog(lane)
+                return
+            except (ProviderUnreachable, TransientError) as exc:
+                if not (isinstance(exc, TransientError) or isinstance(exc.__cause__, TransientError)):
+                    raise  # not a blip: an invalid URL
+                attempt += 1
+                left = self._options.probe_patience - (time.monotonic() - started)
+                if left <= 0:
+                    raise
+                delay = min(left, self._options.policy.backoff.delay(attempt, self._rng))
+                log.warning("GET %s/models failed (%s); trying again in %.1f s", self._client.base_url, exc, delay)
+                await self._wait(self._stop, delay, False)  # (a stop flag: not cleared)
+                if self._stop.is_set():
+                    return  # a signal came while waiting: the run stops with its jobs queued
 
     async def _refresh_catalog(self, lane: KeyLane) -> None:
         entries = await self._client.list_models(lane.key)
@@ -245,6 +270,12 @@ class Runner:
                 summary_log.warning("model %s is not in the provider's catalogue and has no fallback: %d job(s) "
                                     "will fail as model_not_found (catalogue: %s; add --fallback MODEL)",
                                     model, count, self.catalog.describe())
+        if self.cap.max_cost is not None:
+            unpriced = sorted(model for model in per_model
+                              if model in self.catalog and not _priced(self.catalog.resolve(model)))
+            if unpriced:
+                summary_log.warning("--max-cost: model(s) %s have no price in the catalogue: their jobs count "
+                                    "as $0 against the cap (--max-tokens caps them)", ", ".join(unpriced))
         if sum(per_model.values()) <= OPENING_PRECHECK_LIMIT:
             refused = await self._call(self._count_refusals)
             if refused:
@@ -722,11 +753,11 @@ class Runner:
         """Stop claiming early enough that the requests in flight finish by the deadline."""
         while True:
             drain = min(self._options.grace, max(0.5, 2 * self._latency))
-            left = deadline - drain - time.time()
+            left = deadline - drain - self._now()
             if left <= 0:
                 break
             await asyncio.sleep(min(left, 1.0))
-        self.request_stop(f"deadline {_clock(deadline)} reached", grace=deadline - time.time())
+        self.request_stop(f"deadline {_clock(deadline)} reached", grace=deadline - self._now())
 
     # --- helpers ---
 
@@ -740,6 +771,11 @@ class Runner:
         prompt, completion = ENDPOINTS[job.endpoint].budget(job.input_tokens, job.max_tokens,
                                                             self._options.assumed_completion)
         return prompt + completion
+
+
+def _priced(model: ModelInfo | None) -> bool:
+    """Whether the catalogue gives this model (None: not in it) both prices."""
+    return model is not None and model.prompt_price is not None and model.completion_price is not None
 
 
 def _response_text(error: ProviderError) -> str | None:

@@ -39,6 +39,9 @@ class RunOptions:
     assumed_completion: int = DEFAULT_ASSUMED_COMPLETION
     #: when other runners hold every key: wait for one (True) or stop with exit 3
     wait_for_keys: bool = True
+    #: how long the start-up `GET /models` is retried (with the policy's backoff) through timeouts,
+    #: resets and 5xx before the run gives up on the provider (a 404 gives up at once)
+    probe_patience: float = 60.0
     #: the settings it was started with, as shown in its report (`Settings.shown`): never a secret
     described: tuple[tuple[str, str], ...] = ()
 

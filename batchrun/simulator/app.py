@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import ssl
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -74,11 +75,19 @@ class _Handlers:
 
     async def models(self, request: web.Request) -> web.Response:
         self.state.count_models_request()
+        config = self.config
+        if config.models_failures:  # a blip (or an outage) on the catalogue, scripted by a test
+            status = config.models_failures.pop(0)
+            if status == 0:
+                if request.transport is not None:
+                    request.transport.abort()
+                return web.Response(status=500)  # never sent: the connection is gone
+            return web.json_response({"error": {"message": f"catalogue unavailable ({status})",
+                                                "code": "server_error"}}, status=status)
         try:
             self.gateway.authorise(request)
         except Refused as refused:
             return refused.response()
-        config = self.config
         entries = catalogue_entries(list(config.models), dict(config.aliases))
         if not config.publish_metadata:
             entries = [{k: v for k, v in entry.items() if k not in _METADATA} for entry in entries]
@@ -141,28 +150,31 @@ class RunningSimulator:
 
 @asynccontextmanager
 async def running_simulator(
-    config: SimulatorConfig | None = None, host: str = "127.0.0.1", port: int = 0
+    config: SimulatorConfig | None = None, host: str = "127.0.0.1", port: int = 0,
+    ssl_context: ssl.SSLContext | None = None,
 ) -> AsyncIterator[RunningSimulator]:
-    """Serve the simulator in the caller's event loop for the length of the block (port 0: any free)."""
+    """Serve the simulator in the caller's event loop for the length of the block (port 0: any free);
+    over TLS (an https:// base URL) when given `ssl_context`."""
     config = config if config is not None else SimulatorConfig()
     app = create_app(config)
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=_SHUTDOWN_TIMEOUT)
     await runner.setup()
     try:
         try:
-            await web.TCPSite(runner, host, port).start()
+            await web.TCPSite(runner, host, port, ssl_context=ssl_context).start()
         except OSError as exc:
             raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
         # with port 0 each address gets its own free port; the first one is the one we report
         bound_port = runner.addresses[0][1] if port == 0 else port
-        yield RunningSimulator(_base_url(host, bound_port), config, app[STATE_KEY], host, bound_port)
+        yield RunningSimulator(_base_url(host, bound_port, "https" if ssl_context else "http"), config,
+                               app[STATE_KEY], host, bound_port)
     finally:
         await runner.cleanup()
 
 
-def _base_url(host: str, port: int) -> str:
+def _base_url(host: str, port: int, scheme: str = "http") -> str:
     shown = f"[{host}]" if ":" in host else host
-    return f"http://{shown}:{port}/v1"
+    return f"{scheme}://{shown}:{port}/v1"
 
 
 class SimulatorThread(ServerThread):
@@ -175,11 +187,13 @@ class SimulatorThread(ServerThread):
 
     thread_name = "batchrun-simulator"
 
-    def __init__(self, config: SimulatorConfig | None = None, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(self, config: SimulatorConfig | None = None, host: str = "127.0.0.1", port: int = 0,
+                 ssl_context: ssl.SSLContext | None = None) -> None:
         super().__init__()
         self.config = config if config is not None else SimulatorConfig()
         self.host = host
         self.port = port
+        self.ssl_context = ssl_context
         self._running: RunningSimulator | None = None
 
     def __enter__(self) -> RunningSimulator:
@@ -196,7 +210,7 @@ class SimulatorThread(ServerThread):
         self.stop()
 
     async def _serve(self, ready: Callable[[], None], stop: asyncio.Event) -> None:
-        async with running_simulator(self.config, self.host, self.port) as running:
+        async with running_simulator(self.config, self.host, self.port, self.ssl_context) as running:
             self._running = running
             ready()
             await stop.wait()

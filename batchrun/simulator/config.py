@@ -41,6 +41,8 @@ class SimulatorConfig:
     revoke_after: dict[str, int] = field(default_factory=dict)  # key id -> requests before revocation
     forbidden: dict[str, set[str]] = field(default_factory=dict)  # key id -> model ids it may not use
     unknown_model_status: int = 404  # 404 (Pinaivu) or 400 (PrivateMind)
+    # how the next GET /models requests fail, one entry each, in order (0: the connection is dropped)
+    models_failures: list[int] = field(default_factory=list)
     omit_request_id: bool = False
     # False: no x-ratelimit-* headers (providers that send none); the limits still hold, with 429s
     rate_headers: bool = True
