@@ -15,9 +15,7 @@ from batchrun.simulator import RunningSimulator
 from batchrun.store import Store
 
 
-@pytest.fixture
-def db_url(any_db_url: str) -> str:
-    return any_db_url
+pytestmark = pytest.mark.both_databases
 
 
 def _write(path: Path, jobs: list[dict]) -> None:

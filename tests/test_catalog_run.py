@@ -8,15 +8,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from conftest import Cli, make_keys, provider_env, read_jsonl, write_jobs
+from conftest import Cli, export, make_keys, provider_env, write_jobs
 
 from batchrun.simulator import RunningSimulator, apply_config_changes
-
-
-def export(cli: Cli, tmp_path: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    result = cli("export", "--output", str(tmp_path / "results.jsonl"), "--errors", str(tmp_path / "errors.jsonl"))
-    assert result.returncode == 0, result.stderr
-    return read_jsonl(tmp_path / "results.jsonl"), read_jsonl(tmp_path / "errors.jsonl")
 
 
 def run_and_remove_model_midway(cli: Cli, sim: RunningSimulator, model: str, after: int,

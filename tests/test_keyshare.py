@@ -13,8 +13,7 @@ from typing import Any
 
 import pytest
 
-from conftest import Cli, make_keys, provider_env, read_jsonl, submit_jobs
-from test_crash import finish, wait_for
+from conftest import Cli, finish, make_keys, provider_env, read_jsonl, submit_jobs, wait_for
 from test_multi_runner import done_by
 
 from batchrun.keys import ApiKey, KeyLane, KeyLimits

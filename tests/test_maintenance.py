@@ -5,23 +5,10 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
-from conftest import FAST_RETRY, Cli, make_keys, provider_env, read_jsonl, write_jobs
+from conftest import FAST_RETRY, Cli, batch_status, export, make_keys, provider_env, write_jobs
 
 from batchrun.simulator import RunningSimulator
-
-
-def export(cli: Cli, tmp_path: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    result = cli("export", "--output", str(tmp_path / "results.jsonl"), "--errors", str(tmp_path / "errors.jsonl"))
-    assert result.returncode == 0, result.stderr
-    return read_jsonl(tmp_path / "results.jsonl"), read_jsonl(tmp_path / "errors.jsonl")
-
-
-def batch_status(cli: Cli, name: str) -> dict[str, Any]:
-    result = cli("status", "--json")
-    assert result.returncode == 0, result.stderr
-    return next(b for b in json.loads(result.stdout)["batches"] if b["name"] == name)
 
 
 def submit(cli: Cli, path: Path, batch: str) -> None:

@@ -5,7 +5,6 @@ file must say what `status --json` says."""
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import stat
 import threading
@@ -18,7 +17,7 @@ import pytest
 from click.testing import CliRunner
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import FAST_RETRY, Cli, make_keys, provider_env, submit_jobs, write_jobs
+from conftest import FAST_RETRY, Cli, make_keys, provider_env, status_json, submit_jobs, write_jobs
 
 from batchrun.attempts import AttemptCounters
 from batchrun.cli import cli as cli_group
@@ -328,12 +327,6 @@ async def test_a_metrics_file_that_cannot_be_written_is_a_usage_error_before_the
 
 def metrics_env(sim: RunningSimulator, keys: list[str], interval: str = "0.05") -> dict[str, str]:
     return {**provider_env(sim, keys), INTERVAL_ENV: interval}
-
-
-def status_json(cli: Cli) -> dict[str, Any]:
-    result = cli("status", "--json")
-    assert result.returncode == 0, result.stderr
-    return dict(json.loads(result.stdout))
 
 
 def test_the_file_of_a_run_says_what_status_says(cli: Cli, sim: RunningSimulator, tmp_path: Path) -> None:

@@ -7,13 +7,12 @@ that outlasts a job's attempts but not the patience.
 
 from __future__ import annotations
 
-import json
 import subprocess
 import time
 from pathlib import Path
 from typing import Any
 
-from conftest import FAST_RETRY, Cli, make_keys, provider_env, read_jsonl, submit_jobs
+from conftest import FAST_RETRY, Cli, keys_json, make_keys, provider_env, read_jsonl, submit_jobs
 
 from batchrun.simulator import RunningSimulator
 from batchrun.units import Rate
@@ -26,12 +25,6 @@ def exported(cli: Cli, tmp_path: Path) -> dict[str, dict[str, Any]]:
     by_id = {row["custom_id"]: row for row in rows}
     assert len(by_id) == len(rows), "a custom_id was exported twice"
     return by_id
-
-
-def keys_json(cli: Cli) -> dict[str, dict[str, Any]]:
-    result = cli("keys", "--json")
-    assert result.returncode == 0, result.stderr
-    return {entry["id"]: entry for entry in json.loads(result.stdout)}
 
 
 def assert_every_job_answered(rows: dict[str, dict[str, Any]], prompts: dict[str, str]) -> None:

@@ -9,24 +9,16 @@ from collections.abc import Iterator
 
 import pytest
 from alembic import command
-from conftest import migrate
+from conftest import job_specs, migrate
 from sqlalchemy import text
 
 from batchrun.catalog import ModelInfo
-from batchrun.jobfile import JobSpec, parse_line
 from batchrun.records import Failed, Succeeded
 from batchrun.schema import SCHEMA_REVISION
 from batchrun.store import Store, _alembic_config
 
 
-def specs(count: int, start: int = 0, model: str = "m") -> list[JobSpec]:
-    jobs = []
-    for i in range(start, start + count):
-        job = parse_line(f'{{"custom_id": "c{i:04d}", "model": "{model}", "messages": '
-                         f'[{{"role": "user", "content": "q{i}"}}]}}', i + 1)
-        assert isinstance(job, JobSpec)
-        jobs.append(job)
-    return jobs
+specs = job_specs
 
 
 @pytest.fixture

@@ -19,10 +19,10 @@ from typing import Any
 
 import pytest
 from alembic import command
-from conftest import FAST_RETRY, Cli, database_at, make_keys, migrate, provider_env
+from conftest import FAST_RETRY, Cli, database_at, job_specs, make_keys, migrate, provider_env
 from sqlalchemy import text
 
-from batchrun.jobfile import JobSpec, parse_line
+from batchrun.jobfile import JobSpec
 from batchrun.records import BatchCounts, Failed, Outcome, Retry, Succeeded, UsageRow
 from batchrun.schema import SCHEMA_REVISION
 from batchrun.simulator import RunningSimulator
@@ -222,12 +222,7 @@ def test_status_brings_an_older_database_up_to_date_and_reports_an_empty_one(tmp
 # --- through the store --------------------------------------------------------------------------------
 
 def specs(count: int, start: int = 0, model: str = "m") -> list[JobSpec]:
-    jobs = []
-    for i in range(start, start + count):
-        job = parse_line(line(f"c{i:04d}", model), i + 1)
-        assert isinstance(job, JobSpec)
-        jobs.append(job)
-    return jobs
+    return job_specs(count, start, model, content="question {custom_id}")
 
 
 def test_concurrent_runners_keep_the_tallies_right_and_never_deadlock(any_db_url: str) -> None:
