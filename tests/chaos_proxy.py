@@ -10,6 +10,7 @@ the client never takes a cut or short answer for a result:
 | kind           | what the client gets                                                          |
 |----------------|-------------------------------------------------------------------------------|
 | `cut`          | the first half of the body as a complete response (Content-Length fits it)   |
+| `truncate`     | the network cuts it: Content-Length of the whole body, half of it, then EOF  |
 | `drop_last`    | embeddings: `data` without its last item (one embedding fewer than inputs)   |
 | `short_vector` | embeddings: the last item's `embedding` cut to half its length               |
 | `empty_data`   | embeddings: `data: []`                                                        |
@@ -56,7 +57,7 @@ from batchrun.simulator.server_thread import ServerThread
 
 __all__ = ["ChaosProxy", "Fault", "FaultEvent", "FaultKind", "NotApplicable", "PathRecord", "spoil"]
 
-FaultKind = Literal["cut", "drop_last", "short_vector", "empty_data", "no_choices", "no_output"]
+FaultKind = Literal["cut", "truncate", "drop_last", "short_vector", "empty_data", "no_choices", "no_output"]
 
 # RFC 9110 §7.6.1 hop-by-hop headers, plus those the proxy must recompute for the body it sends
 _HOP_BY_HOP = frozenset({
@@ -76,7 +77,7 @@ class NotApplicable(ValueError):
 
 def spoil(kind: FaultKind, body: bytes) -> bytes:
     """The body that `kind` makes of a 200 answer's `body`; raises NotApplicable if it does not fit."""
-    if kind == "cut":
+    if kind in ("cut", "truncate"):
         if len(body) < 2:
             raise NotApplicable(f"a body of {len(body)} bytes has no proper prefix to cut to")
         return body[: len(body) // 2]
@@ -149,7 +150,7 @@ _JSON_FAULTS: dict[str, Callable[[dict[str, Any]], bytes]] = {
     "no_choices": _without("choices"),
     "no_output": _without("output"),
 }
-_KINDS = frozenset(_JSON_FAULTS) | {"cut"}
+_KINDS = frozenset(_JSON_FAULTS) | {"cut", "truncate"}
 
 
 # -- which answers to spoil --------------------------------------------------------------------------
@@ -356,7 +357,9 @@ class ChaosProxy(ServerThread):
             with self._lock:
                 self._path(path).upstream_errors += 1
             return _drop(request)
-        sent = self._maybe_spoil(path, status, answer, body)
+        sent, kind = self._maybe_spoil(path, status, answer, body)
+        if kind == "truncate":
+            return await _truncate(request, status, answer_headers, answer, sent)
         return web.Response(status=status, reason=reason, body=sent, headers=CIMultiDict(answer_headers))
 
     def _path(self, path: str) -> _PathState:
@@ -365,12 +368,13 @@ class ChaosProxy(ServerThread):
             state = self._paths[path] = _PathState()
         return state
 
-    def _maybe_spoil(self, path: str, status: int, answer: bytes, request_body: bytes) -> bytes:
+    def _maybe_spoil(self, path: str, status: int, answer: bytes,
+                     request_body: bytes) -> tuple[bytes, FaultKind | None]:
         with self._lock:
             state = self._path(path)
             state.forwarded += 1
             if status != 200:
-                return answer
+                return answer, None
             state.ok += 1
             for index, fault in enumerate(self._faults):
                 if fault.path != path or not fault.fires(state.ok, state.spoiled_by_rule[index], self._rng):
@@ -379,12 +383,24 @@ class ChaosProxy(ServerThread):
                     sent = spoil(fault.kind, answer)
                 except NotApplicable:
                     state.skipped[fault.kind] += 1
-                    return answer
+                    return answer, None
                 state.faults[fault.kind] += 1
                 state.spoiled_by_rule[index] += 1
                 self._events.append(FaultEvent(path, state.ok, fault.kind, request_body, len(answer), len(sent)))
-                return sent
-            return answer
+                return sent, fault.kind
+            return answer, None
+
+
+async def _truncate(request: web.Request, status: int, headers: list[tuple[str, str]], whole: bytes,
+                    part: bytes) -> web.StreamResponse:
+    """Start the whole answer (its Content-Length), send `part` of it, then close the connection."""
+    response = web.StreamResponse(status=status, headers=CIMultiDict(headers))
+    response.content_length = len(whole)
+    await response.prepare(request)
+    await response.write(part)
+    if request.transport is not None:
+        request.transport.close()  # after the buffered part is flushed: the client reads it, then EOF
+    return response
 
 
 def _drop(request: web.Request) -> web.Response:

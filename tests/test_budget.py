@@ -7,10 +7,14 @@ import pytest
 from batchrun.budget import SpendCap
 
 
-def test_no_cap_reserves_everything() -> None:
-    cap = SpendCap()
-    assert not cap.active
-    assert cap.reserve(1e9, 10**9) is not None
+def test_no_cap_is_inactive_and_each_cap_limits_only_its_own_measure() -> None:
+    assert not SpendCap().active  # the runner then reserves nothing at all
+    tokens_only, cost_only = SpendCap(max_tokens=100), SpendCap(max_cost=1.0)
+    assert tokens_only.active and cost_only.active
+    assert tokens_only.reserve(1e9, 100) is not None  # any cost: only tokens are capped
+    assert tokens_only.reserve(0.0, 1) is None
+    assert cost_only.reserve(1.0, 10**9) is not None  # any tokens: only the cost is capped
+    assert cost_only.reserve(1e-9, 0) is None
 
 
 def test_a_request_that_could_cross_the_cost_cap_is_not_sent() -> None:

@@ -124,7 +124,7 @@ def test_a_fault_needs_exactly_one_valid_schedule(kwargs: dict[str, Any]) -> Non
 
 def test_an_unknown_kind_is_refused() -> None:
     with pytest.raises(ValueError, match="unknown fault kind"):
-        Fault(CHAT, "truncate", first=1)  # type: ignore[arg-type]
+        Fault(CHAT, "explode", first=1)  # type: ignore[arg-type]
 
 
 # -- the proxy in front of the simulator -----------------------------------------------------------------
@@ -209,6 +209,20 @@ def test_cut_sends_a_well_framed_prefix(sim: RunningSimulator) -> None:
     # the event names the request, so a test can tell which job got the cut answer
     assert [json.loads(e.request_body)["messages"][0]["content"] for e in events] == [
         "question 1", "question 3", "question 5"]
+
+
+def test_truncate_announces_the_whole_body_and_closes_the_connection_half_way(sim: RunningSimulator) -> None:
+    with ChaosProxy(sim.base_url, [Fault(CHAT, "truncate", first=1)]) as proxy:
+        with pytest.raises(http.client.IncompleteRead) as cut:
+            _chat(proxy.base_url, "question 0")
+        status, _, whole = _chat(proxy.base_url, "question 1")
+        [event] = proxy.events(CHAT)
+
+    # the client read half of what Content-Length announced, then the connection ended: a transport error
+    assert len(cut.value.partial) == event.sent_size == event.original_size // 2
+    assert cut.value.expected == event.original_size - event.sent_size
+    assert status == 200 and json.loads(whole)["choices"]
+    assert proxy.record(CHAT).faults == {"truncate": 1}
 
 
 def test_no_choices_on_the_first_answers_then_faults_replaced(sim: RunningSimulator) -> None:

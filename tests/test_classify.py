@@ -103,6 +103,28 @@ def test_402_for_a_key_whose_id_contains_org_is_still_the_keys_budget() -> None:
     assert type(classify(402, NO_HEADERS, body)) is KeyBudgetExhausted
 
 
+@pytest.mark.parametrize("text", [
+    '{"error": {"message": "Your organization has exceeded its monthly budget."}}',
+    '{"error": {"message": "Budget exhausted: your organisation has spent its monthly budget.", '
+    '"type": "insufficient_quota"}}',
+    '{"detail": "Monthly budget of the org reached"}',
+    "Organisation's budget exhausted",  # not even JSON
+])
+def test_402_with_no_code_is_the_organisations_by_its_words(text: str) -> None:
+    error = classify(402, NO_HEADERS, text)
+    assert type(error) is OrgBudgetExhausted, error
+    assert error.exit_code == 4
+
+
+@pytest.mark.parametrize("text", [
+    '{"error": {"message": "Budget exhausted for key georg-prod"}}',  # "org" only inside a word
+    '{"error": {"message": "Payment required", "type": "insufficient_quota"}}',
+    "",
+])
+def test_402_with_no_code_and_no_word_of_an_organisation_is_the_keys(text: str) -> None:
+    assert type(classify(402, NO_HEADERS, text)) is KeyBudgetExhausted
+
+
 # --- 403 -----------------------------------------------------------------------------------------------
 
 

@@ -47,3 +47,15 @@ def test_maintenance_commands_and_log_options_are_listed() -> None:
     run = " ".join(CliRunner().invoke(cli, ["run", "--help"]).output.split())
     assert "--log-file" in run and "BATCHRUN_LOG_FILE" in run
     assert "--log-format [text|json]" in run and "BATCHRUN_LOG_FORMAT" in run
+
+
+@pytest.mark.parametrize("command", ["run", "models", "estimate", "cancel"])
+def test_commands_that_reach_the_provider_take_a_ca_bundle_and_name_the_proxy_variables(command: str) -> None:
+    text = " ".join(CliRunner().invoke(cli, [command, "--help"]).output.split())
+    assert "--ca-bundle FILE" in text and "BATCHRUN_CA_BUNDLE" in text and "SSL_CERT_FILE" in text
+    assert "HTTPS_PROXY" in text and "NO_PROXY" in text
+
+
+def test_run_help_says_how_long_the_start_up_probe_is_retried() -> None:
+    text = " ".join(CliRunner().invoke(cli, ["run", "--help"]).output.split())
+    assert "--probe-patience DURATION" in text and "BATCHRUN_PROBE_PATIENCE" in text and "[default: 1m]" in text

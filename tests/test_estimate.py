@@ -5,7 +5,6 @@ Expected numbers are worked out by hand in the comments, from the prices of the 
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, replace
 
 import orjson
@@ -188,13 +187,11 @@ def test_estimate_lines_without_any_price() -> None:
     assert "Would use a fallback model: none" in lines
 
 
-def test_ten_thousand_jobs_estimate_quickly() -> None:
+def test_ten_thousand_jobs_of_four_models_add_up() -> None:
+    # (how fast is bench/'s business: a wall-clock bound here fails on a busy machine first)
     jobs: list[JobView] = [job(("fast", "sim-small", "reasoning", "sim-mini")[i % 4], 40 + i % 97,
                                None if i % 10 == 0 else 64, temperature=0.5) for i in range(10_000)]
-    start = time.perf_counter()
     e = estimate(jobs, catalog())
-    elapsed = time.perf_counter() - start
-    assert elapsed < 1.0, f"10,000 jobs took {elapsed:.2f} s"
     assert e.requests == 10_000
     assert sum(m.assumed for m in e.models) == 1_000
     assert sum(m.prompt_tokens for m in e.models) == sum(-(-(40 + i % 97) // 4) for i in range(10_000))

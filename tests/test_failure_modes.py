@@ -10,33 +10,18 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import FAST_RETRY, Cli, make_keys, provider_env, read_jsonl, submit_jobs
+from chaos_proxy import ChaosProxy, Fault
+from conftest import (FAST_RETRY, Cli, batch_status, export, keys_json, make_keys, provider_env, status_json,
+                      submit_jobs)
 
 from batchrun.simulator import RunningSimulator
 from batchrun.simulator.catalog import default_models
 from batchrun.units import Rate
-
-
-def export(cli: Cli, tmp_path: Path) -> tuple[list[dict], list[dict]]:
-    result = cli("export", "--output", str(tmp_path / "results.jsonl"), "--errors", str(tmp_path / "errors.jsonl"))
-    assert result.returncode == 0, result.stderr
-    return read_jsonl(tmp_path / "results.jsonl"), read_jsonl(tmp_path / "errors.jsonl")
-
-
-def status_json(cli: Cli) -> dict[str, Any]:
-    result = cli("status", "--json")
-    assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout)
-
-
-def keys_json(cli: Cli) -> dict[str, dict[str, Any]]:
-    result = cli("keys", "--json")
-    assert result.returncode == 0, result.stderr
-    return {entry["id"]: entry for entry in json.loads(result.stdout)}
 
 
 def write_lines(path: Path, lines: list[dict[str, Any]]) -> None:
@@ -328,3 +313,89 @@ def test_usage_and_cost_by_model_and_key_with_a_priced_and_an_unpriced_model(
         else:
             assert row["batchrun"]["model_served"] == "sim-mini"
             assert row["batchrun"]["cost"] is None, row
+
+
+# -- a request that does not answer in time, an answer cut off by the network ----------------------
+
+def test_a_request_slower_than_the_request_timeout_fails_as_timeout(cli: Cli, sim: RunningSimulator,
+                                                                   tmp_path: Path) -> None:
+    sim.config.latency = 60.0  # an answer would come far too late
+    submit_jobs(cli, tmp_path, 2)
+
+    result = cli("run", "--no-progress", "--request-timeout", "500ms", "--max-attempts", "2",
+                 "--transient-patience", "0", *FAST_RETRY, env=provider_env(sim, make_keys(1)))
+
+    assert result.returncode == 1, result.stdout + result.stderr
+    results, errors = export(cli, tmp_path)
+    assert results == [] and len(errors) == 2
+    for row in errors:
+        assert row["error"]["code"] == "timeout", row
+        assert "no answer within 0.5 s" in row["error"]["message"] and "--request-timeout" in row["error"]["message"]
+        assert row["batchrun"]["attempts"] == 2
+    assert sim.state.snapshot()["requests_total"] == 4
+
+
+def test_a_200_cut_off_by_the_network_mid_body_is_retried_never_taken_for_a_result(
+        cli: Cli, sim: RunningSimulator, tmp_path: Path) -> None:
+    prompts = submit_jobs(cli, tmp_path, 6)
+    # the first two answers: headers for the whole body, half of it, then the connection closes
+    with ChaosProxy(sim.base_url, [Fault("/v1/chat/completions", "truncate", first=2)]) as proxy:
+        result = cli("run", "--no-progress", "--concurrency", "1", *FAST_RETRY,
+                     env={"BATCHRUN_BASE_URL": proxy.base_url, "BATCHRUN_API_KEYS": ",".join(make_keys(1))})
+        record = proxy.record("/v1/chat/completions")
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert dict(record.faults) == {"truncate": 2}
+    results, errors = export(cli, tmp_path)
+    assert errors == [] and sorted(row["custom_id"] for row in results) == sorted(prompts)
+    for row in results:
+        assert row["response"]["body"]["choices"][0]["message"]["content"] == "echo: " + prompts[row["custom_id"]]
+    # the two cut answers were sent again (a transient failure: an attempt each), the others once
+    assert sorted(row["batchrun"]["attempts"] for row in results) == [1, 1, 1, 1, 2, 2]
+    assert sim.state.snapshot()["completions_ok"] == 8
+
+
+# -- the catalogue at start: a blip is waited out, an outage is not --------------------------------
+
+def test_a_blip_on_the_catalogue_at_start_is_retried_and_the_run_goes_on(cli: Cli, sim: RunningSimulator,
+                                                                        tmp_path: Path) -> None:
+    # a reset, a 503, a reset, then the catalogue (aiohttp itself sends a GET again once when the
+    # connection drops: a reset batchrun sees is two drops in a row)
+    sim.config.models_failures = [0, 0, 503, 0, 0]
+    submit_jobs(cli, tmp_path, 5)
+
+    result = cli("run", "--no-progress", *FAST_RETRY, env=provider_env(sim, make_keys(1)))
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stderr.count("/models failed") == 3 and "trying again in" in result.stderr, result.stderr
+    assert "closed the connection" in result.stderr and "no capacity (503)" in result.stderr
+    assert "model fast: 5 job(s) (served by sim-small)" in result.stderr  # it had the catalogue
+    assert sim.state.snapshot()["models_requests"] == 6
+    assert batch_status(cli)["succeeded"] == 5
+
+
+def test_a_catalogue_failing_with_5xx_throughout_the_probe_is_done_without(cli: Cli, sim: RunningSimulator,
+                                                                          tmp_path: Path) -> None:
+    sim.config.models_failures = [500] * 100_000  # some servers have no working /models
+    submit_jobs(cli, tmp_path, 5)
+
+    result = cli("run", "--no-progress", "--probe-patience", "1s", *FAST_RETRY, env=provider_env(sim, make_keys(1)))
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "trying again in" in result.stderr and "model fast" not in result.stderr  # no catalogue
+    assert sim.state.snapshot()["models_requests"] >= 2
+    assert batch_status(cli)["succeeded"] == 5
+
+
+def test_a_host_that_stays_unreachable_exits_5_once_the_probe_patience_is_spent(cli: Cli, tmp_path: Path) -> None:
+    submit_jobs(cli, tmp_path, 2)
+
+    started = time.monotonic()
+    result = cli("run", "--no-progress", "--base-url", "http://127.0.0.1:9/v1", "--probe-patience", "1s",
+                 *FAST_RETRY, env={"BATCHRUN_API_KEYS": "a:b"})
+    took = time.monotonic() - started
+
+    assert result.returncode == 5, result.stderr
+    assert "trying again in" in result.stderr and "cannot reach the provider at http://127.0.0.1:9/v1" in result.stderr
+    assert took >= 1.0  # it kept trying for the patience
+    assert batch_status(cli)["queued"] == 2

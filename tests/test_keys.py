@@ -1,7 +1,10 @@
 """API keys: parsing, safe naming, and each key's limiters and state during a run.
 
-The limiter tests use short real windows (0.2–0.3 s) and check the real `time.monotonic()` stamps
-of what was let through: no sliding window may ever hold more than the limit.
+The token window runs on a fake clock that moves only when a reservation waits (`FakeClock`), so its
+tests check exact times. The lane's request limiters (aiolimiter's pacer and the `RequestWindow`) run
+on short real windows (0.2–0.5 s) and check the real `time.monotonic()` stamps of what was let
+through: no sliding window may ever hold more than the limit; how long it took is bounded only far
+from the expected value (a busy machine is only ever later).
 """
 
 from __future__ import annotations
@@ -13,6 +16,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+
+from conftest import FakeClock
 
 from batchrun.errors import ConfigError
 from batchrun.keyid import key_id
@@ -151,30 +156,53 @@ def test_read_keys_file_of_a_missing_file_is_a_config_error(tmp_path: Path) -> N
 # --- TokenWindow ---------------------------------------------------------------------------------------
 
 
+#: a window of the token tests, as the provider counts it and as the TokenWindow keeps it (with slack)
+TOKENS = Rate(100, 0.3)
+SPAN = TOKENS.period + JITTER_SLACK
+
+
+def token_window(clock: FakeClock) -> TokenWindow:
+    return TokenWindow(TOKENS, clock=clock, sleep=clock.sleep)
+
+
+def approx(expected: Any) -> Any:
+    """Fake seconds, equal but for float rounding (which can add one of the window's 1 ms re-checks)."""
+    return pytest.approx(expected, abs=2e-3)
+
+
 async def test_token_window_never_holds_more_than_the_limit_in_any_window() -> None:
-    rate = Rate(100, 0.3)
-    window = TokenWindow(rate)
+    clock = FakeClock()
+    window = token_window(clock)
     amounts = [60, 30, 30, 50, 10, 40]
-    start = time.monotonic()
+    start = clock()
     # 60 + 30 fit at once; the third has to wait for a full window
     entries = [at_once(window.reserve(60)), at_once(window.reserve(30))]
     entries += [await window.reserve(amount) for amount in amounts[2:]]
-    elapsed = time.monotonic() - start
     stamps = [entry[0] for entry in entries]
-    assert all(start <= t <= start + elapsed for t in stamps)
-    assert max_in_any_window(stamps, amounts, rate.period) <= 100
-    assert stamps[2] - stamps[0] >= 0.3
-    assert 0.6 <= elapsed < 1.0  # 220 tokens need three windows: two waits of 0.3 s
+    assert max_in_any_window(stamps, amounts, TOKENS.period) <= 100
+    # 220 tokens need three windows: 60 + 30, then 30 + 50 + 10 one span later, then 40 one more span later
+    assert [t - start for t in stamps] == approx([0, 0, SPAN, SPAN, SPAN, 2 * SPAN])
 
 
 async def test_token_window_holds_under_concurrent_reservations() -> None:
-    rate = Rate(100, 0.3)
-    window = TokenWindow(rate)
-    start = time.monotonic()
+    clock = FakeClock()
+    window = token_window(clock)
+    start = clock()
     entries = await asyncio.gather(*(window.reserve(25) for _ in range(8)))
-    elapsed = time.monotonic() - start
-    assert max_in_any_window([e[0] for e in entries], [25] * 8, rate.period) <= 100
-    assert 0.3 <= elapsed < 0.5  # 200 tokens: exactly two windows
+    stamps = [e[0] - start for e in entries]
+    assert max_in_any_window(stamps, [25] * 8, TOKENS.period) <= 100
+    assert sorted(stamps) == approx([0] * 4 + [SPAN] * 4)  # 200 tokens: exactly two windows
+
+
+def test_token_window_delay_is_the_time_until_the_oldest_entry_leaves() -> None:
+    window = TokenWindow(TOKENS, slack=0.0)
+    window.take(70, 10.0)
+    window.take(20, 10.1)
+    assert window.delay(10, 10.2) == 0.0  # 100 fits
+    assert window.delay(11, 10.2) == pytest.approx(0.1)  # until the 70 of 10.0 leaves at 10.3
+    assert window.delay(11, 10.3) == 0.0
+    assert window.delay(500, 10.3) == pytest.approx(0.1)  # too big for the window: waits to go alone
+    assert window.delay(500, 10.4) == 0.0
 
 
 async def test_settling_below_the_estimate_frees_room_at_once() -> None:
@@ -187,31 +215,32 @@ async def test_settling_below_the_estimate_frees_room_at_once() -> None:
 
 
 async def test_settling_above_the_estimate_makes_the_next_reservation_wait() -> None:
-    window = TokenWindow(Rate(100, 0.3))
+    clock = FakeClock()
+    window = token_window(clock)
     first = await window.reserve(10)
     window.settle(first, 90)
-    start = time.monotonic()
     second = await window.reserve(20)  # 90 + 20 does not fit until the first leaves the window
-    assert time.monotonic() - start >= 0.25
-    assert second[0] - first[0] >= 0.3
+    assert second[0] - first[0] == approx(SPAN)
     assert first[1] == 90
 
 
 async def test_settling_an_entry_that_left_the_window_does_not_free_room_twice() -> None:
-    window = TokenWindow(Rate(100, 0.3))
+    clock = FakeClock()
+    window = token_window(clock)
     first = await window.reserve(100)
-    await window.reserve(10)  # waits until `first` has left the window
+    second = await window.reserve(10)  # waits until `first` has left the window
+    assert second[0] - first[0] == approx(SPAN)
     window.settle(first, 0)   # too late: it no longer counts
-    start = time.monotonic()
-    await window.reserve(91)  # 10 + 91 > 100: must wait
-    assert time.monotonic() - start >= 0.2
+    third = await window.reserve(91)  # 10 + 91 > 100: must wait for the 10 to leave
+    assert third[0] - second[0] == approx(SPAN)
 
 
 async def test_a_single_oversized_reservation_passes_alone() -> None:
-    window = TokenWindow(Rate(100, 0.3))
+    clock = FakeClock()
+    window = token_window(clock)
     big = at_once(window.reserve(250))  # not "never"
     small = await window.reserve(1)  # but nothing rides along with it
-    assert small[0] - big[0] >= 0.3
+    assert small[0] - big[0] == approx(SPAN)
 
 
 # --- request limits: pacer + RequestWindow ---------------------------------------------------------------
@@ -232,8 +261,8 @@ async def test_a_rate_limited_lane_keeps_every_sliding_window_at_the_limit_with_
     # spread out, not a burst of 20 followed by a pause: 19 gaps of 0.2 s / 20 / 1.1 = 0.17 s
     assert stamps[19] - stamps[0] >= 0.16
     # 70 requests need three windows of 0.23 s after the first 20 (≈ 0.86 s); a busy machine may only
-    # make it later, never sooner
-    assert 0.69 <= total < 2.0
+    # make it later, never sooner (the bound above is far from it: the limit is what is tested)
+    assert 0.69 <= total < 5.0
 
 
 async def test_request_window_makes_up_for_a_late_request_at_once() -> None:
@@ -278,7 +307,9 @@ async def test_lane_without_limits_acquires_at_once_and_has_nothing_to_settle() 
     lane = KeyLane(KEY, KeyLimits())
     assert lane.usable and lane.state == "active"
     assert await lane.acquire(1000) is None
-    lane.settle_tokens(None, 5)
+    lane.settle_tokens(None, 5)  # nothing to settle, and nothing in the way afterwards:
+    for _ in range(1000):
+        assert at_once(lane.acquire(10**9)) is None  # no pacing, no window, never a wait
 
 
 async def test_lane_with_a_rate_limit_spaces_its_requests() -> None:

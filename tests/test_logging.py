@@ -65,7 +65,7 @@ def test_a_run_that_cannot_start_says_why_in_the_log_file(cli: Cli, tmp_path: Pa
     log_file = tmp_path / "batchrun.log"
 
     result = cli("run", "--no-progress", "--log-file", str(log_file), "--base-url", "http://127.0.0.1:9/v1",
-                 env={"BATCHRUN_API_KEYS": "a:b"})
+                 "--probe-patience", "0", env={"BATCHRUN_API_KEYS": "a:b"})
     missing_folder = cli("run", "--log-file", str(tmp_path / "no" / "such.log"))
 
     assert result.returncode == 5, result.stderr
@@ -98,7 +98,7 @@ def test_json_log_format_on_stderr_and_in_the_log_file(cli: Cli, sim: RunningSim
     after_first = log_file.read_text()
     write_jobs(tmp_path / "more.jsonl", 2, prefix="more")
     cli("submit", str(tmp_path / "more.jsonl"))
-    failed = cli("run", "--base-url", "http://127.0.0.1:9/v1",
+    failed = cli("run", "--base-url", "http://127.0.0.1:9/v1", "--probe-patience", "0",
                  env={"BATCHRUN_API_KEYS": "a:b", "BATCHRUN_LOG_FORMAT": "json", "BATCHRUN_LOG_FILE": str(log_file)})
 
     assert result.returncode == 0, result.stderr

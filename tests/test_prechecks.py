@@ -7,7 +7,6 @@ whose metadata is missing, as real providers publish them.
 from __future__ import annotations
 
 import json
-import time
 from typing import Any
 
 import orjson
@@ -423,13 +422,12 @@ def test_simulator_defaults_are_what_these_tests_assume() -> None:
 # --- the hot path -------------------------------------------------------------------------------------
 
 
-def test_twenty_thousand_jobs_a_second_with_full_metadata() -> None:
+def test_the_hot_path_with_full_metadata_sends_each_body_as_it_is() -> None:
+    # (how fast is bench/'s business: a wall-clock bound here fails on a busy machine first)
     cat = catalog()
     bodies = [body_of("fast", content=f"question {i} " * 20, max_tokens=100, temperature=0.5) for i in range(2000)]
     jobs = [(b, len(json.loads(b)["messages"][0]["content"])) for b in bodies]
-    start = time.perf_counter()
-    for _ in range(10):
-        for body, chars in jobs:
-            prepare("fast", body, chars, 100, cat)
-    elapsed = time.perf_counter() - start
-    assert elapsed < 1.0, f"20,000 prepares took {elapsed:.2f} s"
+    for body, chars in jobs:
+        prepared = prepare("fast", body, chars, 100, cat)
+        assert isinstance(prepared, Prepared), prepared
+        assert prepared.model_sent == "fast" and prepared.body == body.encode() and not prepared.dropped

@@ -9,21 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from conftest import FAST_RETRY, Cli, make_keys, provider_env, read_jsonl, submit_jobs, write_jobs
+from conftest import FAST_RETRY, Cli, export, make_keys, provider_env, submit_jobs, write_jobs
 
 from batchrun.simulator import RunningSimulator
 from batchrun.units import Rate
 
-
-@pytest.fixture
-def db_url(any_db_url: str) -> str:
-    """Every test here runs twice: on a SQLite file and on a PostgreSQL database of its own."""
-    return any_db_url
-
-def export(cli: Cli, tmp_path: Path) -> tuple[list[dict], list[dict]]:
-    result = cli("export", "--output", str(tmp_path / "results.jsonl"), "--errors", str(tmp_path / "errors.jsonl"))
-    assert result.returncode == 0, result.stderr
-    return read_jsonl(tmp_path / "results.jsonl"), read_jsonl(tmp_path / "errors.jsonl")
+pytestmark = pytest.mark.both_databases
 
 
 def test_three_keys_within_their_window_limit_finish_every_job(cli: Cli, sim: RunningSimulator,
@@ -132,9 +123,10 @@ def test_a_revoked_key_leaves_the_run_and_its_jobs_go_to_the_others(cli: Cli, si
 
     assert result.returncode == 0, result.stderr
     assert "key2" in result.stderr and "revoked" in result.stderr and "Settings → API Keys" in result.stderr
-    stats = sim.state.snapshot()
-    assert stats["keys"]["key2"]["requests"] == 0 or stats["keys"]["key2"]["by_status"] == {
-        "401": stats["keys"]["key2"]["requests"]}
+    key2 = sim.state.snapshot()["keys"]["key2"]
+    # key2 took its first job with the others (nothing told it apart before its answer) and got no
+    # request after its 401 but those already in flight then: at most one per slot of --concurrency 4
+    assert set(key2["by_status"]) == {"401"} and 1 <= key2["requests"] <= 4, key2
     results, errors = export(cli, tmp_path)
     assert len(results) == 60 and errors == []
     assert {r["batchrun"]["key"] for r in results} <= {"key1", "key3"}
@@ -162,7 +154,7 @@ def test_wrong_base_url_exits_5_and_fails_nothing(cli: Cli, sim: RunningSimulato
     started = time.monotonic()
     wrong = cli("run", "--no-progress", env={"BATCHRUN_BASE_URL": no_prefix, "BATCHRUN_API_KEYS": "a:b"})
     wrong_took = time.monotonic() - started
-    unreachable = cli("run", "--no-progress", "--base-url", "http://127.0.0.1:9/v1",
+    unreachable = cli("run", "--no-progress", "--base-url", "http://127.0.0.1:9/v1", "--probe-patience", "0",
                       env={"BATCHRUN_API_KEYS": "a:b"})
 
     assert wrong.returncode == 5, wrong.stderr

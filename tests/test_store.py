@@ -2,24 +2,20 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 from alembic import command
+from conftest import PG_ADMIN_URL, _outside, job_specs as specs, write_jobs
 
-from batchrun.jobfile import JobSpec, parse_line
 from batchrun.records import Failed, Retry, Succeeded
 from batchrun.store import Store, _alembic_config
-
-
-def specs(count: int, start: int = 0) -> list[JobSpec]:
-    jobs = []
-    for i in range(start, start + count):
-        job = parse_line(f'{{"custom_id": "c{i:04d}", "model": "m", "messages": [{{"role": "user", "content": "q{i}"}}]}}', i + 1)
-        assert isinstance(job, JobSpec)
-        jobs.append(job)
-    return jobs
+from batchrun.view import placeholders
 
 
 def success(job_id: int) -> Succeeded:
@@ -139,3 +135,40 @@ def test_the_schema_revision_constant_is_the_newest_migration(tmp_path) -> None:
     with Store.open(f"sqlite:///{tmp_path / 'x.db'}") as store:
         head = ScriptDirectory.from_config(_alembic_config(store._engine)).get_current_head()
     assert head == SCHEMA_REVISION
+
+
+# --- SQL written with `?` placeholders, on a `%s` driver -------------------------------------------------
+
+def test_placeholders_leave_literals_names_and_comments_alone_and_escape_percent() -> None:
+    sql = "SELECT '?', \"a?b\", 'it''s ?', x FROM t WHERE y = ? AND z LIKE 'p%' -- why?\nAND w = ?"
+    assert placeholders(sql, "%s") == (
+        "SELECT '?', \"a?b\", 'it''s ?', x FROM t WHERE y = %s AND z LIKE 'p%%' -- why?\nAND w = %s")
+    assert placeholders(sql, "?") == sql  # SQLite's own placeholder: nothing to do
+
+
+def test_a_question_mark_or_percent_in_a_literal_reads_right_on_both_databases(any_db_url: str) -> None:
+    with Store.open(any_db_url) as store, store._reading() as query:
+        rows = query("SELECT '?' || CAST(? AS TEXT), 'a%b', 'it''s?' -- any question?\n", ("x",))
+    assert [tuple(row) for row in rows] == [("?x", "a%b", "it's?")]
+
+
+# --- the PostgreSQL driver is an extra ---------------------------------------------------------------------
+
+def test_without_the_postgresql_extra_sqlite_works_and_a_postgresql_url_names_the_extra(tmp_path: Path) -> None:
+    """As after `pip install batchrun` (no extras): psycopg cannot be imported."""
+    without_psycopg = "import sys; sys.modules['psycopg'] = None; from batchrun.cli import main; main()"
+    env = {k: v for k, v in os.environ.items() if not _outside(k)}
+
+    def batchrun(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-c", without_psycopg, *args], cwd=tmp_path, env=env,
+                              capture_output=True, text=True, timeout=60)
+
+    write_jobs(tmp_path / "jobs.jsonl", 3)
+    submitted = batchrun("submit", "jobs.jsonl", "--db", "sqlite:///q.db")
+    status = batchrun("status", "--db", "sqlite:///q.db")
+    postgres = batchrun("status", "--db", PG_ADMIN_URL)
+
+    assert submitted.returncode == 0, submitted.stderr
+    assert status.returncode == 0 and "queued" in status.stdout, status.stderr
+    assert postgres.returncode == 1, postgres.stderr
+    assert "pip install 'batchrun[postgresql]'" in postgres.stderr and "Traceback" not in postgres.stderr

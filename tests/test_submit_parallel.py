@@ -204,15 +204,26 @@ def test_a_database_error_in_a_worker_names_the_lines_and_keeps_what_loaded(cli:
     assert queued_ids(db_url) == [f"c{i}" for i in range(1, 20_001)]
 
 
-def test_small_files_load_in_this_process(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from batchrun import loader, parallel_load
+def test_small_files_load_in_this_process(tmp_path: Path) -> None:
+    """Up to `parallel_lines` lines load here, more in the workers: told apart by what a failure of the
+    database says (only the workers' load says how far the file got, as each chunk commits in turn)."""
+    import sqlite3
+
+    from batchrun import loader
+    from batchrun.errors import BatchrunError
     from batchrun.store import Store
 
-    started: list[int] = []
-    monkeypatch.setattr(parallel_load, "load_in_workers", lambda *args: started.append(1))
     path = write(tmp_path / "small.jsonl", job_lines(300))
-    with Store.open(f"sqlite:///{tmp_path / 'q.db'}") as store:
-        small = loader.submit_file(store, str(path), None, False, print, workers=2, parallel_lines=300)
-        assert started == [] and small.loaded == 300
-        loader.submit_file(store, str(path), "other", False, print, workers=2, parallel_lines=299)
-        assert started == [1]
+    database = tmp_path / "q.db"
+    with Store.open(f"sqlite:///{database}") as store:
+        with sqlite3.connect(database) as conn:
+            conn.execute("CREATE TRIGGER refuse BEFORE INSERT ON jobs WHEN NEW.custom_id = 'c300' "
+                         "BEGIN SELECT RAISE(ABORT, 'refused by a test trigger'); END")
+        conn.close()
+        with pytest.raises(BatchrunError) as here:
+            loader.submit_file(store, str(path), None, False, print, workers=2, parallel_lines=300)
+        with pytest.raises(BatchrunError) as in_workers:
+            loader.submit_file(store, str(path), "other", False, print, workers=2, parallel_lines=299)
+    assert "refused by a test trigger" in str(here.value) and "submit the file again" not in str(here.value)
+    assert "refused by a test trigger" in str(in_workers.value)
+    assert "nothing is loaded: submit the file again to load the rest" in str(in_workers.value)

@@ -9,16 +9,14 @@ import signal
 import time
 from pathlib import Path
 
-from conftest import Cli, make_keys, provider_env, read_jsonl, submit_jobs
-from test_crash import finish, wait_for
+from conftest import Cli, batch_status, export, finish, make_keys, provider_env, submit_jobs, wait_for, write_jobs
 
 from batchrun.simulator import RunningSimulator
-from batchrun.units import next_occurrence
 
 
 def exported(cli: Cli, tmp_path: Path) -> list[dict]:
-    assert cli("export", "--output", str(tmp_path / "results.jsonl")).returncode == 0
-    return read_jsonl(tmp_path / "results.jsonl")
+    results, _ = export(cli, tmp_path)
+    return results
 
 
 def test_five_sigkills_at_random_moments_then_resume_lose_and_repeat_nothing(
@@ -36,13 +34,16 @@ def test_five_sigkills_at_random_moments_then_resume_lose_and_repeat_nothing(
         process = cli.popen(*args, env=env)
         # at a random moment once the run is under load
         wait_for(lambda: sim.state.snapshot()["completions_ok"] >= before + rng.randint(5, 60), timeout=60)
+        assert process.poll() is None  # killed mid-run, not after it had finished
         process.send_signal(signal.SIGKILL)
         finish(process, 10)
-        assert process.returncode == -signal.SIGKILL
+        assert batch_status(cli)["running"] > 0  # its claimed jobs stay leased to the dead process
 
-    final = cli(*args, env=env)
+    final = cli("-v", *args, env=env)
 
     assert final.returncode == 0, final.stderr
+    # the next run takes the dead runner's jobs back at once (the runs before it did the same)
+    assert "requeued the jobs of 1 runner(s) that died" in final.stderr
     results = exported(cli, tmp_path)
     assert sorted(row["custom_id"] for row in results) == sorted(prompts)  # each exactly once
     for row in results:
@@ -52,12 +53,12 @@ def test_five_sigkills_at_random_moments_then_resume_lose_and_repeat_nothing(
     # (≤ concurrency) and the answers already back but waiting for the group commit under way
     # (a commit's worth, ≤ concurrency at this pace) — a run of 42 over 5 kills was seen
     assert stats["duplicates"] <= 5 * 2 * concurrency, stats["duplicates"]
-    assert stats["completions_ok"] == 600 + stats["duplicates"]
+    assert stats["prompts_served"] == 600  # the provider answered each job's prompt, and no other
 
 
 def test_sigterm_waits_for_requests_in_flight_up_to_the_grace_period(cli: Cli, sim: RunningSimulator,
                                                                       tmp_path: Path) -> None:
-    sim.config.latency = 4.0  # answers take longer than the grace period
+    sim.config.latency = 60.0  # answers take far longer than the grace period
     prompts = submit_jobs(cli, tmp_path, 12)
     env = provider_env(sim, make_keys(1))
 
@@ -69,7 +70,8 @@ def test_sigterm_waits_for_requests_in_flight_up_to_the_grace_period(cli: Cli, s
     took = time.monotonic() - started
 
     assert process.returncode == 3, err
-    assert 0.9 <= took < 3.5, took  # waited for the grace period, not for the 4 s answers
+    # waited for the grace period (1 s; a busy machine only makes it later), not for the 60 s answers
+    assert 0.9 <= took < 30, took
     assert "interrupted by SIGTERM" in err and "exit 3" in out and "grace" in err
     status = json.loads(cli("status", "--json").stdout)
     assert (status["batches"][0]["queued"], status["batches"][0]["running"]) == (12, 0)
@@ -82,8 +84,8 @@ def test_sigterm_waits_for_requests_in_flight_up_to_the_grace_period(cli: Cli, s
 
 def test_max_duration_stops_near_the_deadline_and_the_next_run_finishes(cli: Cli, sim: RunningSimulator,
                                                                         tmp_path: Path) -> None:
-    sim.config.latency = 0.2
-    prompts = submit_jobs(cli, tmp_path, 200)  # ~10 s at concurrency 4
+    sim.config.latency = 0.5
+    prompts = submit_jobs(cli, tmp_path, 200)  # ~25 s at concurrency 4
     env = provider_env(sim, make_keys(1))
 
     started = time.monotonic()
@@ -91,10 +93,11 @@ def test_max_duration_stops_near_the_deadline_and_the_next_run_finishes(cli: Cli
     took = time.monotonic() - started
 
     assert first.returncode == 3, first.stderr
-    assert 2.0 <= took <= 5.5, took
+    # it worked until near its deadline (stopping to claim at deadline − drain), and not to the end
+    assert took >= 2.0, took
     assert "deadline" in first.stdout + first.stderr
-    done = json.loads(cli("status", "--json").stdout)["batches"][0]
-    assert 0 < done["succeeded"] < 200 and done["running"] == 0
+    done = batch_status(cli)
+    assert 0 < done["succeeded"] < 100 and done["running"] == 0
 
     sim.config.latency = 0.0
     second = cli("run", "--no-progress", env=env)
@@ -116,6 +119,25 @@ def test_the_cost_cap_stops_the_run_before_it_is_crossed(cli: Cli, sim: RunningS
     batch = json.loads(cli("status", "--json").stdout)["batches"][0]
     assert 0 < batch["succeeded"] < 300 and batch["cost"] <= 0.001
     assert sim.state.snapshot()["completions_ok"] == batch["succeeded"]
+
+
+def test_the_cost_cap_counts_models_without_a_price_as_free_and_says_so(cli: Cli, sim: RunningSimulator,
+                                                                        tmp_path: Path) -> None:
+    # sim-mini has no price in the catalogue; fast (sim-small) has one
+    write_jobs(tmp_path / "mini.jsonl", 20, model="sim-mini", prefix="mini")
+    write_jobs(tmp_path / "fast.jsonl", 300, extra={"max_tokens": 50})
+    for name in ("mini", "fast"):
+        assert cli("submit", str(tmp_path / f"{name}.jsonl")).returncode == 0
+
+    result = cli("run", "--no-progress", "--concurrency", "8", "--max-cost", "0.001", env=provider_env(sim, make_keys(1)))
+
+    assert result.returncode == 3, result.stderr
+    assert "--max-cost: model(s) sim-mini have no price in the catalogue" in result.stderr
+    assert "spend cap reached" in result.stdout + result.stderr
+    mini, fast = batch_status(cli, "mini"), batch_status(cli, "fast")
+    # the cap stopped the priced jobs, within it; the unpriced ones cost nothing it could count
+    assert mini["succeeded"] == 20 and mini["cost"] is None and mini["unpriced"] == 20
+    assert 0 < fast["succeeded"] < 300 and fast["cost"] <= 0.001
 
 
 def test_the_token_cap_counts_requests_in_flight(cli: Cli, sim: RunningSimulator, tmp_path: Path) -> None:
@@ -151,8 +173,3 @@ def test_a_second_runner_finds_every_key_held_and_names_the_holder(cli: Cli, sim
     # the key was only ever used by the first runner: its window stayed within one runner's pace
     assert sim.state.snapshot()["max_in_flight"] <= 2
 
-
-def test_until_is_the_next_occurrence_of_a_local_time() -> None:
-    now = time.mktime((2026, 11, 22, 6, 30, 0, 0, 0, -1))
-    assert next_occurrence("07:00", now) - now == 30 * 60
-    assert next_occurrence("06:00", now) - now == 23.5 * 3600
