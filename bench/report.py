@@ -104,7 +104,7 @@ def render(data: dict[str, Any], order: list[str]) -> str:
         f"- **Last run:** `{last.get('command', '?')}` on {last.get('date', '?')}, "
         f"{last.get('seconds', 0):.0f} s ({', '.join(last.get('benchmarks', []))})",
         "- **Method:** the server is pinned to core 1 (`taskset -c 1`), the client under test to core 0 "
-        "(`taskset -c 0`), one client at a time. The server is `bench/fastserver.py` (canned answers, ≈ 20 µs of "
+        "(`taskset -c 0`), one client at a time. The server is `bench/fastserver.py` (canned answers, ≈ 15–30 µs of "
         "CPU a request) for the throughput cases 1 and 2, the simulator (`batchrun simulate`) for the others (in 9 "
         "llmock takes its place; in 10 "
         "three clients share core 0); batch databases are SQLite files in a temp directory (10: scratch "
