@@ -66,7 +66,10 @@ def test_when_one_of_three_runners_is_killed_the_others_finish_its_jobs(pg_url: 
     results = read_jsonl(tmp_path / "results.jsonl")
     assert sorted(r["custom_id"] for r in results) == sorted(prompts)  # the victim's jobs were finished
     stats = sim.state.snapshot()
-    assert stats["duplicates"] <= 4  # at most what the victim had in flight
+    # at most what the victim had not checkpointed: its requests in flight (≤ 4) and the answers already
+    # back but waiting for the group commit under way (a commit's worth, ≤ 4 at this pace) — a loaded
+    # machine (benchmarks and a second suite beside this one) saw 6
+    assert stats["duplicates"] <= 2 * 4, stats["duplicates"]
     assert max(stats["max_window"].values()) <= 20, stats["max_window"]
 
 
