@@ -9,13 +9,13 @@ insert itself.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from itertools import chain
 from typing import TYPE_CHECKING
 
 from sqlalchemy import delete, select
 from sqlalchemy.engine import Connection
 
 from batchrun.attempts import ATTEMPT_COLUMNS, AttemptRecord, EventRecord
+from batchrun.database import insert_rows
 from batchrun.schema import attempts, run_events, runners
 
 if TYPE_CHECKING:
@@ -39,14 +39,7 @@ class AttemptStore:
               event_rows: Sequence[EventRecord]) -> None:
         """Add attempts and events of runner `runner_id` in the caller's transaction."""
         mark = self._store._mark
-        rows, per = attempt_rows, _ROWS_PER_INSERT
-        whole = len(rows) - len(rows) % per
-        if whole:
-            conn.exec_driver_sql(_insert_attempts_sql(runner_id, per, mark), [
-                tuple(chain.from_iterable(rows[start:start + per])) for start in range(0, whole, per)])
-        if whole < len(rows):
-            conn.exec_driver_sql(_insert_attempts_sql(runner_id, len(rows) - whole, mark),
-                                 tuple(chain.from_iterable(rows[whole:])))
+        insert_rows(conn, lambda count: _insert_attempts_sql(runner_id, count, mark), attempt_rows, _ROWS_PER_INSERT)
         if event_rows:
             conn.exec_driver_sql(_insert_sql("run_events", _EVENT_COLUMNS, mark), [
                 (runner_id, e.at, e.kind, e.key_id, e.message) for e in event_rows])

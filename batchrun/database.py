@@ -12,6 +12,8 @@ from __future__ import annotations
 import importlib.util
 import os
 from importlib import resources
+from collections.abc import Callable, Sequence
+from itertools import chain
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event, text
@@ -114,3 +116,17 @@ def _tune_sqlite(engine: Engine) -> None:
         # to write can fail with "database is locked" instead of waiting its turn.
         immediate = conn.get_execution_options().get("batchrun_write", False)
         conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+
+def insert_rows(conn: Connection, sql_for: Callable[[int], str], rows: Sequence[Sequence[Any]], per: int) -> int:
+    """Execute `rows` through the driver `per` rows to a statement (`sql_for(n)`: a statement of n rows of
+    VALUES): one statement a row costs SQLite ≈ 2 µs a row more (it runs the statement's set-up again for
+    each). Returns the rows affected."""
+    whole = len(rows) - len(rows) % per
+    affected = 0
+    if whole:
+        affected += conn.exec_driver_sql(sql_for(per), [
+            tuple(chain.from_iterable(rows[start:start + per])) for start in range(0, whole, per)]).rowcount
+    if whole < len(rows):
+        affected += conn.exec_driver_sql(sql_for(len(rows) - whole), tuple(chain.from_iterable(rows[whole:]))).rowcount
+    return affected

@@ -24,7 +24,6 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from itertools import chain
 from typing import Any
 
 import orjson
@@ -43,7 +42,7 @@ from batchrun.attempts import AttemptRecord, EventRecord
 from batchrun.batchstore import ProviderBatches
 from batchrun.catalog import Catalog, ModelInfo
 from batchrun.database import alembic_config as _alembic_config  # noqa: F401  (tests use it)
-from batchrun.database import create_store_engine, current_revision, failure_reason, migrate_to_head
+from batchrun.database import create_store_engine, current_revision, failure_reason, insert_rows, migrate_to_head
 from batchrun.errors import ConfigError, StoreError
 from batchrun.keystore import LEGACY_KEY_WINDOW, KeyLeases, key_window
 from batchrun.records import (
@@ -275,15 +274,8 @@ class Store(KeyLeases):
         # SQLite ≈ 2 µs a row more: it runs the statement's set-up again for each), and no lookup first:
         # rows already queued are skipped by the unique index, and only when some were skipped do we
         # look at what was there.
-        rows, per = new.rows, _ROWS_PER_INSERT
-        whole = len(rows) - len(rows) % per
-        inserted = 0
-        if whole:
-            inserted += conn.exec_driver_sql(self._insert_jobs_sql(batch_id, per), [
-                tuple(chain.from_iterable(rows[start:start + per])) for start in range(0, whole, per)]).rowcount
-        if whole < len(rows):
-            inserted += conn.exec_driver_sql(self._insert_jobs_sql(batch_id, len(rows) - whole),
-                                             tuple(chain.from_iterable(rows[whole:]))).rowcount
+        rows = new.rows
+        inserted = insert_rows(conn, lambda count: self._insert_jobs_sql(batch_id, count), rows, _ROWS_PER_INSERT)
         if inserted:
             self._note_endpoints(conn, batch_id, {row[-1] for row in rows})
         conflicts = list(new.conflicts)

@@ -36,6 +36,21 @@ def provider_batches(mock: Any, key: str) -> list[dict[str, Any]]:
         return list(json.loads(answer.read())["data"])
 
 
+
+def kill_at_random_moments(cli: Cli, args: tuple[str, ...], env: dict[str, str], rng: random.Random,
+                           earliest: float, latest: float, times: int = 5) -> int:
+    """Start `batchrun *args` `times` times, SIGKILLing each at a random moment unless it ended first;
+    returns how many were killed."""
+    kills = 0
+    for _ in range(times):
+        runner = cli.popen(*args, env=env)
+        time.sleep(rng.uniform(earliest, latest))
+        if runner.poll() is None:
+            runner.send_signal(signal.SIGKILL)
+            kills += 1
+        runner.communicate(timeout=30)
+    return kills
+
 def test_cron_style_runs_submit_then_collect_at_llmock(cli: Cli, start_llmock: Any, tmp_path: Path) -> None:
     mock = start_llmock("--response-style", "echo")
     ids = write_mixed(tmp_path / "jobs.jsonl", 30, 6)
@@ -85,15 +100,8 @@ def test_sigkill_at_random_moments_loses_nothing_and_creates_no_batch_twice(cli:
     keys = make_keys(1)
     env = {"BATCHRUN_BASE_URL": mock.base_url, "BATCHRUN_API_KEYS": keys[0]}
     args = ("run", "--via", "batch-api", "--wait", "--poll-interval", "0.2s", "--batch-max-requests", "15")
-    rng = random.Random(13)
-    kills = 0
-    for _ in range(5):  # across upload, create, poll and download: wherever the moment falls
-        runner = cli.popen(*args, env=env)
-        time.sleep(rng.uniform(0.3, 2.5))
-        if runner.poll() is None:
-            runner.send_signal(signal.SIGKILL)
-            kills += 1
-        runner.communicate(timeout=30)
+    # across upload, create, poll and download: wherever the moment falls
+    kills = kill_at_random_moments(cli, args, env, random.Random(13), 0.3, 2.5)
     assert kills >= 3
     final = cli(*args, env=env, timeout=120)
     assert final.returncode == 0, final.stdout + final.stderr
@@ -303,14 +311,7 @@ def test_sigkill_at_random_moments_at_the_simulator_creates_no_batch_twice(tmp_p
     rng = random.Random(29)
     with SimulatorThread(SimulatorConfig(seed=6, batch_processing_seconds=1.5)) as sim:
         env = {"BATCHRUN_BASE_URL": sim.base_url, "BATCHRUN_API_KEYS": ",".join(make_keys(1))}
-        kills = 0
-        for _ in range(5):
-            runner = cli.popen(*args, env=env)
-            time.sleep(rng.uniform(0.2, 1.5))
-            if runner.poll() is None:
-                runner.send_signal(signal.SIGKILL)
-                kills += 1
-            runner.communicate(timeout=30)
+        kills = kill_at_random_moments(cli, args, env, rng, 0.2, 1.5)
         final = cli(*args, env=env, timeout=120)
         stats = sim.state.snapshot()["batches"]
     assert kills >= 3
