@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 import orjson
 
-from batchrun import __version__, logsetup
+from batchrun import __version__, eventloop, logsetup
 from batchrun.configfile import resolve_db
 from batchrun.endpoints import DEFAULT, ENDPOINTS
 from batchrun.errors import BatchrunError, ConfigError
@@ -332,7 +332,7 @@ def run(batch: str | None, no_progress: bool, log_file: str | None, log_format: 
         logsetup.record_outcome(lines, report.exit_code)
         return report.exit_code
 
-    sys.exit(asyncio.run(main()))
+    sys.exit(eventloop.run(main()))
 
 
 def _run_batch_api(store: Store, settings: Any, batch: str | None, wait: bool, live_after: str | None) -> int | None:

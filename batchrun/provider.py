@@ -453,6 +453,10 @@ def rate_hint(headers: Any) -> RateHint | None:
     """`x-ratelimit-remaining-requests` / `-tokens` and their `x-ratelimit-reset-*`, if sent."""
     if headers is None:
         return None
+    # Most answers of most providers carry none of them: said after six lookups, nothing built.
+    if not any(name in headers for name in _RATE_HEADERS):
+        return None
+
     def reset(name: str) -> float | None:
         value = headers.get(f"x-ratelimit-reset-{name}")
         return _reset_seconds(value) if value else None
@@ -462,6 +466,10 @@ def rate_hint(headers: Any) -> RateHint | None:
                     _int_text(headers.get("x-ratelimit-limit-requests")),
                     _int_text(headers.get("x-ratelimit-limit-tokens")))
     return None if hint == RateHint() else hint
+
+
+_RATE_HEADERS = ("x-ratelimit-remaining-requests", "x-ratelimit-remaining-tokens", "x-ratelimit-reset-requests",
+                 "x-ratelimit-reset-tokens", "x-ratelimit-limit-requests", "x-ratelimit-limit-tokens")
 
 
 def _int_text(value: str | None) -> int | None:
