@@ -249,6 +249,10 @@ _RUN_HELP = "\n".join(f"  {code}  {meaning}" for code, meaning in EXIT_MEANINGS.
               help="With --via batch-api --wait: after this long, cancel at the provider what it has not "
                    "finished and finish it live. [default: with --max-duration/--until, at three quarters of "
                    "the time to the deadline]")
+@click.option("--processes", type=int, envvar="BATCHRUN_PROCESSES", show_envvar=True, metavar="N",
+              help="Spread the run over N processes (N cores; each needs a key of its own): the concurrency "
+                   "and the spend caps are divided between them. [default: 1]")
+@click.option("--started-with", type=int, default=1, hidden=True)  # a process of `--processes N` (spread.py)
 @click.option("--no-progress", is_flag=True, help="No progress bar even on a terminal.")
 @click.option("--log-file", envvar="BATCHRUN_LOG_FILE", show_envvar=True, type=click.Path(dir_okay=False),
               help="Also append the log (warnings, progress lines, opening and closing summary) to this "
@@ -283,10 +287,14 @@ def run(batch: str | None, no_progress: bool, log_file: str | None, log_format: 
     from batchrun.runstate import RunOptions
 
     wait_batches = flags.pop("wait_batches", None)
+    processes = flags.pop("processes", None) or 1
+    started_with = flags.pop("started_with")
     settings = _settings({**flags, "db": db}, config_path)
     settings.require_provider()
     assert settings.base_url is not None
     store = _open_store(settings.db, None)
+    if processes > 1 and (spread_code := _run_spread(store, settings, batch, processes)) is not None:
+        sys.exit(spread_code)
     if settings.via == "batch-api":
         code = _run_batch_api(store, settings, batch, bool(wait_batches), flags.get("live_after"))
         if code is not None:
@@ -301,7 +309,7 @@ def run(batch: str | None, no_progress: bool, log_file: str | None, log_format: 
         grace=settings.grace, deadline=settings.deadline, max_cost=settings.max_cost,
         max_tokens=settings.max_tokens, wait_for_keys=settings.wait_for_keys,
         probe_patience=settings.probe_patience,
-        described=(("batch", batch or "(all)"), *settings.shown().items()),
+        described=(("batch", batch or "(all)"), *settings.shown().items()), started_with=started_with,
     )
     live = not no_progress and sys.stderr.isatty()
 
@@ -369,6 +377,35 @@ def _run_batch_api(store: Store, settings: Any, batch: str | None, wait: bool, l
         return report.exit_code
 
     return asyncio.run(main())
+
+
+def _run_spread(store: Store, settings: Settings, batch: str | None, asked: int) -> int | None:
+    """`run --processes N`: N ordinary runs of this command, each with its share (`spread`); None when
+    one process is all there can be (one usable key): then this one runs."""
+    from batchrun import spread
+    from batchrun.keys import lanes_for
+
+    if settings.via == "batch-api":
+        raise ConfigError("--processes applies to live runs: --via batch-api sends one file per batch anyway")
+    if settings.metrics_file:
+        raise ConfigError(f"--processes {asked} cannot keep one metrics file ({settings.metrics_file}) yet: "
+                          "run without --metrics-file / metrics_file, or with --processes 1")
+    lanes = lanes_for(settings.keys, settings.limits, settings.per_key_limits,
+                      {key: (rec.state, rec.reason) for key, rec in store.key_records().items()})
+    count = spread.process_count(asked, sum(lane.usable for lane in lanes), log.warning)
+    if count == 1:
+        return None
+    parts = spread.shares(count, settings.concurrency, settings.max_cost, settings.max_tokens)
+    log.info("spreading the run over %d processes, %d requests in flight each", count, parts[0].concurrency)
+    codes = spread.run_processes(sys.argv[1:], parts)
+    batch_id = store.batch_id(batch) if batch else None
+    work_left = not (batch and batch_id is None) and not store.pending(batch_id).empty
+    code = spread.combined_exit_code(codes, work_left)
+    message = (f"{count} processes ended with exit codes {', '.join(map(str, codes))}: exit {code} — "
+               f"{EXIT_MEANINGS.get(code, '')}")
+    click.echo(message)
+    logsetup.record_outcome([message], code)
+    return code
 
 
 def _install_signal_handlers(runner: Any) -> None:

@@ -122,6 +122,7 @@ class KeySharing:
         #: a lease is not used in its last third: one late heartbeat pauses a key, it never oversteps
         self.margin = options.lease / 3
         self.states: dict[str, LeaseState] = {lane.key.id: LeaseState() for lane in lanes}
+        self._started_with = options.started_with  # counted by the first lease only
         #: set when this runner's keys change (taken, lost, renewed): lanes that wait for a key look again
         self.changed = asyncio.Event()
         self._drained = asyncio.Event()
@@ -155,7 +156,8 @@ class KeySharing:
         """Take the leases of the usable keys no other live runner holds, up to this runner's fair
         share; True if this runner holds any."""
         live = await self._call(self._store.live_runners, self._lease)
-        share = fair_share(len([lane for lane in self.lanes if lane.usable]), len(live))
+        runners, self._started_with = max(len(live), self._started_with), 1
+        share = fair_share(len([lane for lane in self.lanes if lane.usable]), runners)
         wanted = [lane for lane in self.lanes if lane.usable and not self.states[lane.key.id].handing]
         before = [lane.key.id for lane in wanted if self.holds(lane)]
         started = time.time()

@@ -44,6 +44,9 @@ class RunOptions:
     probe_patience: float = 60.0
     #: the settings it was started with, as shown in its report (`Settings.shown`): never a secret
     described: tuple[tuple[str, str], ...] = ()
+    #: runners started together with this one (`run --processes N`): its first lease takes only its
+    #: share of the keys, before the others have registered
+    started_with: int = 1
 
 
 @dataclass
