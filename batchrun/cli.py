@@ -380,29 +380,13 @@ def _run_batch_api(store: Store, settings: Any, batch: str | None, wait: bool, l
 
 
 def _run_spread(store: Store, settings: Settings, batch: str | None, asked: int) -> int | None:
-    """`run --processes N`: N ordinary runs of this command, each with its share (`spread`); None when
-    one process is all there can be (one usable key): then this one runs."""
-    from batchrun import spread
-    from batchrun.keys import lanes_for
+    """`run --processes N` (`spread`); None when one process is all there can be: then this one runs."""
+    from batchrun.spread import spread_run
 
-    if settings.via == "batch-api":
-        raise ConfigError("--processes applies to live runs: --via batch-api sends one file per batch anyway")
-    if settings.metrics_file:
-        raise ConfigError(f"--processes {asked} cannot keep one metrics file ({settings.metrics_file}) yet: "
-                          "run without --metrics-file / metrics_file, or with --processes 1")
-    lanes = lanes_for(settings.keys, settings.limits, settings.per_key_limits,
-                      {key: (rec.state, rec.reason) for key, rec in store.key_records().items()})
-    count = spread.process_count(asked, sum(lane.usable for lane in lanes), log.warning)
-    if count == 1:
+    ended = spread_run(store, settings, batch, asked, sys.argv[1:])
+    if ended is None:
         return None
-    parts = spread.shares(count, settings.concurrency, settings.max_cost, settings.max_tokens)
-    log.info("spreading the run over %d processes, %d requests in flight each", count, parts[0].concurrency)
-    codes = spread.run_processes(sys.argv[1:], parts)
-    batch_id = store.batch_id(batch) if batch else None
-    work_left = not (batch and batch_id is None) and not store.pending(batch_id).empty
-    code = spread.combined_exit_code(codes, work_left)
-    message = (f"{count} processes ended with exit codes {', '.join(map(str, codes))}: exit {code} — "
-               f"{EXIT_MEANINGS.get(code, '')}")
+    code, message = ended
     click.echo(message)
     logsetup.record_outcome([message], code)
     return code

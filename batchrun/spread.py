@@ -18,6 +18,7 @@ for good, else 0 (a process whose keys were all revoked says 4 even when another
 
 from __future__ import annotations
 
+import logging
 import math
 import signal
 import subprocess
@@ -26,9 +27,15 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from types import FrameType
 
+from batchrun.config import Settings
 from batchrun.errors import ConfigError
+from batchrun.exitcodes import EXIT_MEANINGS
+from batchrun.keys import lanes_for
+from batchrun.store import Store
 
-__all__ = ["Share", "combined_exit_code", "process_count", "run_processes", "shares"]
+__all__ = ["Share", "combined_exit_code", "process_count", "run_processes", "shares", "spread_run"]
+
+log = logging.getLogger(__name__)
 
 #: exit codes from the worst to the best (`exitcodes.EXIT_MEANINGS`)
 _WORST_FIRST = (5, 2, 4, 3, 1, 0)
@@ -115,3 +122,27 @@ def run_processes(argv: Sequence[str], parts: Sequence[Share], env: dict[str, st
             if child.poll() is None:
                 child.kill()
                 child.wait()
+
+
+def spread_run(store: Store, settings: Settings, batch: str | None, asked: int,
+               argv: Sequence[str]) -> tuple[int, str] | None:
+    """The run of `argv` (this command's own arguments) over `asked` processes: (exit code, the line that
+    says it), or None when one process is all there can be (one usable key), to run in this one."""
+    if settings.via == "batch-api":
+        raise ConfigError("--processes applies to live runs: --via batch-api sends one file per batch anyway")
+    if settings.metrics_file:
+        raise ConfigError(f"--processes {asked} cannot keep one metrics file ({settings.metrics_file}) yet: "
+                          "run without --metrics-file / metrics_file, or with --processes 1")
+    lanes = lanes_for(settings.keys, settings.limits, settings.per_key_limits,
+                      {key: (rec.state, rec.reason) for key, rec in store.key_records().items()})
+    count = process_count(asked, sum(lane.usable for lane in lanes), log.warning)
+    if count == 1:
+        return None
+    parts = shares(count, settings.concurrency, settings.max_cost, settings.max_tokens)
+    log.info("spreading the run over %d processes, %d requests in flight each", count, parts[0].concurrency)
+    codes = run_processes(argv, parts)
+    batch_id = store.batch_id(batch) if batch else None
+    work_left = not (batch and batch_id is None) and not store.pending(batch_id).empty
+    code = combined_exit_code(codes, work_left)
+    return code, (f"{count} processes ended with exit codes {', '.join(map(str, codes))}: exit {code} — "
+                  f"{EXIT_MEANINGS.get(code, '')}")
