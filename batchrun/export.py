@@ -86,7 +86,7 @@ def _extras(row: ExportRow) -> dict[str, Any]:
     succeeded = row.state == "succeeded"
     return {
         "endpoint": row.endpoint,
-        "model_requested": row.model,
+        "model_requested": row.model or None,  # a moderation may leave the model to the provider
         "model_sent": row.model_sent,
         "model_served": row.model_served,
         "fallback": row.fallback_reason,

@@ -112,6 +112,8 @@ def test_one_file_mixing_all_five_endpoints_loads_runs_and_exports(any_db_url: s
     assert {cid: row["batchrun"]["endpoint"] for cid, row in results.items()} == {
         "chat-1": "/v1/chat/completions", "embed-1": "/v1/embeddings", "complete-1": "/v1/completions",
         "respond-1": "/v1/responses", "moderate-1": "/v1/moderations"}
+    moderation = results["moderate-1"]["batchrun"]  # no model in the line: the provider's default, said as such
+    assert moderation["model_requested"] is None and moderation["model_served"], moderation
 
     (batch,) = json.loads(cli("status", "--json").stdout)["batches"]
     assert {url: e["succeeded"] for url, e in batch["endpoints"].items()} == {
