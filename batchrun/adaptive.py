@@ -13,7 +13,7 @@ A configured rate is what the user believes the key may do. Two kinds of 429 rea
 
 `RateController` tells them apart by rounds. A round counts the answers to the requests sent since it
 began (answers to older requests speak of an older rate). It ends once it spans `span` seconds and
-holds `min_samples` answers (sooner when at least half of them are 429s: `EARLY_SHARE`). Then:
+holds `min_samples` answers (sooner when nearly every answer is a 429). Then:
 
 - a 429 share at or above the threshold — `threshold`, or the measured noise plus a margin, whichever is
   higher — is a limit: the rate becomes what the provider admitted over the round (BBR's delivery
@@ -36,10 +36,6 @@ from dataclasses import dataclass
 
 #: The shortest span of a round: over 1 s, "keeps hitting 429" cannot be told from one unlucky burst.
 MIN_SPAN = 10.0
-#: The 429 share at which a round of `early_samples` or more answers ends before its span: a key sending
-#: twice what it may. Not less: at 30 %, 10 % of random 429s crossed it in 1.3 % of rounds (a random walk
-#: checked at every answer from the 20th on), and the key's rate was lowered for noise.
-EARLY_SHARE = 0.5
 #: 429s saying `x-ratelimit-remaining-*: 0` in one round that make it a limit whatever their share:
 #: the provider names the cause, so there is nothing to tell from noise.
 EXHAUSTED_EVIDENCE = 3
@@ -187,8 +183,8 @@ class RateController:
         if self._answers < self._early_samples:
             return False
         share = self._limited / self._answers
-        if share >= max(EARLY_SHARE, 2 * self._threshold, self._noise + 0.3) or self._exhausted >= EXHAUSTED_EVIDENCE:
-            return True  # half the answers 429s, or the provider says it is a limit: no need to wait out the span
+        if share >= max(2 * self._threshold, self._noise + 0.3) or self._exhausted >= EXHAUSTED_EVIDENCE:
+            return True  # many 429s, or the provider says it is a limit: no need to wait out the span
         return self._answers >= self._min_samples and now - self._round_start >= self._span
 
     def _close_round(self, now: float) -> RoundStats:
