@@ -115,7 +115,9 @@ def test_a_token_limit_holds_every_window_at_the_provider(cli: Cli, sim: Running
     # still differ by the network's jitter (on a machine with six runnable processes a core, CI saw
     # 5 429s of 65 requests). Sent without --token-limit, the same jobs meet 30 429s.
     assert stats["by_status"]["200"] == 60 and stats["by_status"].get("429", 0) <= 6, stats
-    assert 0 < stats["max_token_window"]["key1"] <= 400, stats
+    # The same jitter may move one request (≈ 20–30 tokens here) into a window it was not sent in; a
+    # limiter that did not hold would put far more there (without it: 30 429s).
+    assert 0 < stats["max_token_window"]["key1"] <= 400 + 40, stats
     # the limit really bound: the jobs held more than one window's worth of tokens
     assert sum(row["response"]["body"]["usage"]["total_tokens"]
                for row in exported(cli, tmp_path).values()) > 1.5 * 400
