@@ -293,14 +293,16 @@ def run(batch: str | None, no_progress: bool, log_file: str | None, log_format: 
     settings.require_provider()
     assert settings.base_url is not None
     store = _open_store(settings.db, None)
-    if processes > 1 and (spread_code := _run_spread(store, settings, batch, processes)) is not None:
-        sys.exit(spread_code)
+    lanes = lanes_for(settings.keys, settings.limits, settings.per_key_limits,
+                      {key: (rec.state, rec.reason) for key, rec in store.key_records().items()})
+    if processes > 1:
+        usable = sum(lane.usable for lane in lanes)
+        if (spread_code := _run_spread(store, settings, batch, processes, usable)) is not None:
+            sys.exit(spread_code)
     if settings.via == "batch-api":
         code = _run_batch_api(store, settings, batch, bool(wait_batches), flags.get("live_after"))
         if code is not None:
             sys.exit(code)  # else: what the provider did not finish in time is finished live
-    lanes = lanes_for(settings.keys, settings.limits, settings.per_key_limits,
-                      {key: (rec.state, rec.reason) for key, rec in store.key_records().items()})
     options = RunOptions(
         batch=batch, concurrency=settings.concurrency, lease=settings.lease,
         policy=RetryPolicy(settings.max_attempts, Backoff(settings.backoff_base, settings.backoff_max),
@@ -379,11 +381,11 @@ def _run_batch_api(store: Store, settings: Any, batch: str | None, wait: bool, l
     return asyncio.run(main())
 
 
-def _run_spread(store: Store, settings: Settings, batch: str | None, asked: int) -> int | None:
+def _run_spread(store: Store, settings: Settings, batch: str | None, asked: int, usable_keys: int) -> int | None:
     """`run --processes N` (`spread`); None when one process is all there can be: then this one runs."""
     from batchrun.spread import spread_run
 
-    ended = spread_run(store, settings, batch, asked, sys.argv[1:])
+    ended = spread_run(store, settings, batch, asked, usable_keys, sys.argv[1:])
     if ended is None:
         return None
     code, message = ended

@@ -30,7 +30,6 @@ from types import FrameType
 from batchrun.config import Settings
 from batchrun.errors import ConfigError
 from batchrun.exitcodes import EXIT_MEANINGS
-from batchrun.keys import lanes_for
 from batchrun.store import Store
 
 __all__ = ["Share", "combined_exit_code", "process_count", "run_processes", "shares", "spread_run"]
@@ -95,7 +94,7 @@ def combined_exit_code(codes: Sequence[int], work_left: bool) -> int:
     return next(code for code in _WORST_FIRST if code in codes)
 
 
-def run_processes(argv: Sequence[str], parts: Sequence[Share], env: dict[str, str] | None = None) -> list[int]:
+def run_processes(argv: Sequence[str], parts: Sequence[Share]) -> list[int]:
     """Start `python -m batchrun` with `argv` + each share's options, forward SIGINT/SIGTERM to all of
     them, wait for every one; returns their exit codes (a process killed by a signal: 128 + its number)."""
     children: list[subprocess.Popen[bytes]] = []
@@ -109,7 +108,7 @@ def run_processes(argv: Sequence[str], parts: Sequence[Share], env: dict[str, st
     try:
         for part in parts:
             children.append(subprocess.Popen([sys.executable, "-m", "batchrun", *argv, *part.arguments()],
-                                             env=env, start_new_session=True))
+                                             start_new_session=True))
         codes = []
         for child in children:
             code = child.wait()
@@ -124,7 +123,7 @@ def run_processes(argv: Sequence[str], parts: Sequence[Share], env: dict[str, st
                 child.wait()
 
 
-def spread_run(store: Store, settings: Settings, batch: str | None, asked: int,
+def spread_run(store: Store, settings: Settings, batch: str | None, asked: int, usable_keys: int,
                argv: Sequence[str]) -> tuple[int, str] | None:
     """The run of `argv` (this command's own arguments) over `asked` processes: (exit code, the line that
     says it), or None when one process is all there can be (one usable key), to run in this one."""
@@ -133,9 +132,7 @@ def spread_run(store: Store, settings: Settings, batch: str | None, asked: int,
     if settings.metrics_file:
         raise ConfigError(f"--processes {asked} cannot keep one metrics file ({settings.metrics_file}) yet: "
                           "run without --metrics-file / metrics_file, or with --processes 1")
-    lanes = lanes_for(settings.keys, settings.limits, settings.per_key_limits,
-                      {key: (rec.state, rec.reason) for key, rec in store.key_records().items()})
-    count = process_count(asked, sum(lane.usable for lane in lanes), log.warning)
+    count = process_count(asked, usable_keys, log.warning)
     if count == 1:
         return None
     parts = shares(count, settings.concurrency, settings.max_cost, settings.max_tokens)
