@@ -7,6 +7,7 @@ that outlasts a job's attempts but not the patience.
 
 from __future__ import annotations
 
+import random
 import subprocess
 import time
 from pathlib import Path
@@ -14,7 +15,7 @@ from typing import Any
 
 from conftest import FAST_RETRY, Cli, keys_json, make_keys, provider_env, read_jsonl, submit_jobs
 
-from batchrun.simulator import RunningSimulator
+from batchrun.simulator import RunningSimulator, SimulatorConfig, SimulatorThread
 from batchrun.units import Rate
 
 
@@ -50,23 +51,39 @@ def wait_for(condition: Any, timeout: float = 60.0) -> None:
         time.sleep(0.01)
 
 
-def test_random_429s_are_retried_and_leave_every_keys_rate_alone(cli: Cli, sim: RunningSimulator,
-                                                                  tmp_path: Path) -> None:
-    # 5 % of the answers are 429s that no rate causes (they do not touch the key's window). The old
-    # controller lowered the rate for every two of them and never climbed back. (At 10 %, a round's share,
-    # checked at every answer from the 20th on, reaches the early end's 30 % in ≈ 1.3 % of rounds: then one
-    # lowering is tried and taken back as noise, which this test would count as a failure.)
-    sim.config.rate_limit = Rate(20, 1.0)
-    sim.config.random_429_rate = 0.05
-    sim.config.random_429_retry_after = 0.1
-    jobs = 240
-    prompts = submit_jobs(cli, tmp_path, jobs)
+#: The simulator's seed for the random-429 test, and the window its premise is checked over.
+NOISE_SEED = 30
+NOISE_WINDOW = 44
 
-    result = cli("run", "--no-progress", "--rate-limit", "20/1s", *FAST_RETRY, env=provider_env(sim, make_keys(2)))
+
+def most_faults_in_a_window(seed: int, probability: float, draws: int, window: int) -> int:
+    """The most faults any `window` consecutive draws of the simulator's seeded source hold (its gateway
+    draws `random.Random(seed).random() < probability`, once a request, for each configured fault)."""
+    source = random.Random(seed)
+    faults = [source.random() < probability for _ in range(draws)]
+    return max(sum(faults[start:start + window]) for start in range(draws - window + 1))
+
+
+def test_random_429s_are_retried_and_leave_every_keys_rate_alone(cli: Cli, tmp_path: Path) -> None:
+    # 5 % of the answers are 429s that no rate causes (they do not touch the key's window). The old
+    # controller lowered the rate for every two of them and never climbed back.
+    # The premise is noise spread thin. The simulator draws its faults from one seeded source, so a seed
+    # fixes where they fall; seed 1 put 6 of them in its first 36 draws (17 %), and a key that drew most of
+    # those saw 6 of its first 20 answers refused (30 %): a round's early end, then, rightly judges a limit.
+    # With two keys taking turns, a key's first 20 answers lie within about 44 draws: a seed with no
+    # more than 4 faults in any 44 draws keeps every key's round under 30 % however the draws are shared.
+    assert most_faults_in_a_window(NOISE_SEED, 0.05, 600, NOISE_WINDOW) <= 4
+    config = SimulatorConfig(seed=NOISE_SEED, rate_limit=Rate(20, 1.0), random_429_rate=0.05,
+                             random_429_retry_after=0.1)
+    with SimulatorThread(config) as sim:
+        jobs = 240
+        prompts = submit_jobs(cli, tmp_path, jobs)
+        result = cli("run", "--no-progress", "--rate-limit", "20/1s", *FAST_RETRY,
+                     env=provider_env(sim, make_keys(2)))
+        stats = sim.state.snapshot()
 
     assert result.returncode == 0, result.stdout + result.stderr
     assert_every_job_answered(exported(cli, tmp_path), prompts)
-    stats = sim.state.snapshot()
     assert stats["random_429s"] >= 3, stats  # they really came (≈ 12 expected)
     assert stats["by_status"]["429"] == stats["random_429s"], stats  # and none was the limit's
     assert max(stats["max_window"].values()) <= 20, stats
