@@ -159,7 +159,7 @@ def test_wrong_base_url_exits_5_and_fails_nothing(cli: Cli, sim: RunningSimulato
 
     assert wrong.returncode == 5, wrong.stderr
     assert no_prefix in wrong.stderr and f"did you mean --base-url {sim.base_url}" in wrong.stderr
-    assert wrong_took < 10
+    assert wrong_took < 30  # at once: not after the catalogue probe's minute of patience (≈ 1.5 s on a quiet machine)
     assert unreachable.returncode == 5 and "127.0.0.1:9" in unreachable.stderr
     status = json.loads(cli("status", "--json").stdout)
     assert status["batches"][0]["queued"] == 3 and status["batches"][0]["failed"] == 0
