@@ -16,6 +16,8 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -132,6 +134,30 @@ def _start_and_wait_for_workers(cli: Cli, path: Path, count: int) -> tuple[subpr
     return process, workers
 
 
+@contextmanager
+def inserts_held(url: str) -> Iterator[None]:
+    """Holds the queue's write lock (SQLite) or a lock on its jobs table that no insert gets past
+    (PostgreSQL): a submit started meanwhile starts its workers, which parse their chunks and then wait
+    to insert, so the submit cannot finish before the test has stopped it, however busy the machine."""
+    if url.startswith("sqlite:///"):
+        import sqlite3
+
+        conn = sqlite3.connect(url.removeprefix("sqlite:///"), isolation_level=None)
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            yield
+            conn.execute("ROLLBACK")
+        finally:
+            conn.close()
+    else:
+        import psycopg
+
+        with psycopg.connect(url) as conn:
+            conn.execute("LOCK TABLE jobs IN SHARE ROW EXCLUSIVE MODE")
+            yield
+            conn.rollback()
+
+
 def _gone(pids: list[int]) -> bool:
     deadline = time.monotonic() + 10
     while any(Path(f"/proc/{pid}").exists() for pid in pids):
@@ -146,10 +172,11 @@ def test_a_killed_worker_stops_the_submit_and_submitting_again_completes_it(
     cli = Cli(tmp_path, {"BATCHRUN_DB": any_db_url, "BATCHRUN_SUBMIT_PARALLEL_LINES": "0",
                          "BATCHRUN_SUBMIT_WORKERS": "2"})
     path = write(tmp_path / "killed.jsonl", job_lines(25_000))
-    process, workers = _start_and_wait_for_workers(cli, path, 2)
-
-    os.kill(workers[-1], signal.SIGKILL)
-    out, err = process.communicate(timeout=60)
+    assert cli("db", "upgrade").returncode == 0
+    with inserts_held(any_db_url):
+        process, workers = _start_and_wait_for_workers(cli, path, 2)
+        os.kill(workers[-1], signal.SIGKILL)
+        out, err = process.communicate(timeout=60)
 
     assert process.returncode == 1, (out, err)
     assert "killed by signal 9" in err and "submit the file again to load the rest" in err, err
@@ -167,10 +194,11 @@ def test_a_killed_worker_stops_the_submit_and_submitting_again_completes_it(
 def test_ctrl_c_stops_every_worker_and_submitting_again_completes_it(cli: Cli, db_url: str, tmp_path: Path) -> None:
     cli.env.update(PARALLEL)
     path = write(tmp_path / "interrupted.jsonl", job_lines(25_000))
-    process, workers = _start_and_wait_for_workers(cli, path, 3)
-
-    os.killpg(process.pid, signal.SIGINT)  # what Ctrl-C in a terminal does: the whole process group
-    _, err = process.communicate(timeout=60)
+    assert cli("db", "upgrade").returncode == 0
+    with inserts_held(db_url):
+        process, workers = _start_and_wait_for_workers(cli, path, 3)
+        os.killpg(process.pid, signal.SIGINT)  # what Ctrl-C in a terminal does: the whole process group
+        _, err = process.communicate(timeout=60)
 
     assert process.returncode != 0 and "Traceback" not in err, err
     assert _gone(workers)
