@@ -5,6 +5,7 @@ SIGKILLs at random moments — and the store's side of it."""
 from __future__ import annotations
 
 import json
+import os
 import random
 import signal
 import time
@@ -190,7 +191,13 @@ def test_a_second_batch_api_run_on_the_same_database_does_nothing_while_the_firs
             if any(r["path"] == "/v1/batches" for r in mock.requests()):
                 break
             time.sleep(0.05)
-        second = cli("run", "--via", "batch-api", env=env)
+        # Paused (it cannot finish meanwhile: llmock completes a batch in 3 s, less than a busy machine may
+        # take to start the second run), yet alive, as a run waiting for its provider is.
+        os.kill(first.pid, signal.SIGSTOP)
+        try:
+            second = cli("run", "--via", "batch-api", env=env)
+        finally:
+            os.kill(first.pid, signal.SIGCONT)
         assert second.returncode == 3
         assert "another `run --via batch-api` is at work on this database" in second.stdout
         assert f":{first.pid})" in second.stdout

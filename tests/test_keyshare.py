@@ -156,23 +156,26 @@ def test_a_runner_started_mid_run_gets_a_key_without_a_window_over_the_limit(
     cli = Cli(tmp_path, {"BATCHRUN_DB": any_db_url})
     sim.config.rate_limit = Rate(10, 0.5)
     sim.config.latency = 0.02
-    prompts = submit_jobs(cli, tmp_path, 300)
+    # 600 jobs at 2 × 20/s: ≈ 15 s of work, so the first runner is still at it when the second has started,
+    # registered and asked for its share, even on a machine where starting a runner takes seconds
+    jobs = 600
+    prompts = submit_jobs(cli, tmp_path, jobs)
     env = provider_env(sim, make_keys(2))
     args = ("-v", "run", "--no-progress", "--rate-limit", "10/0.5s", "--concurrency", "4", "--lease", "3s")
 
     first = cli.popen(*args, env=env)
     wait_for(lambda: sim.state.snapshot()["completions_ok"] >= 10, timeout=30)
     second = cli.popen(*args, env=env)
-    outputs = [finish(runner, 60) for runner in (first, second)]
+    outputs = [finish(runner, 90) for runner in (first, second)]
 
     for runner, (_, err) in zip((first, second), outputs):
         assert runner.returncode == 0, err
     # a key changed hands (the second runner may find every job claimed by then: it need not send)
     assert "handed key(s) key" in outputs[0][1], outputs[0][1]
     assert "is now leased to this runner" in outputs[1][1], outputs[1][1]
-    assert sum(done_by(out) for out, _ in outputs) == 300
+    assert sum(done_by(out) for out, _ in outputs) == jobs
     stats = sim.state.snapshot()
-    assert stats["by_status"] == {"200": 300} and stats["duplicates"] == 0  # no 429, each job once
+    assert stats["by_status"] == {"200": jobs} and stats["duplicates"] == 0  # no 429, each job once
     assert max(stats["max_window"].values()) <= 10, stats["max_window"]
     cli("export", "--output", str(tmp_path / "results.jsonl"))
     results = read_jsonl(tmp_path / "results.jsonl")
