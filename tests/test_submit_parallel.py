@@ -123,14 +123,34 @@ def _children(pid: int) -> list[int]:
     return found
 
 
+#: `python -m batchrun ARGS` as a terminal starts it: SIGINT handled (KeyboardInterrupt) and not blocked. A
+#: child inherits ignored signals and the signal mask, and a test runner's worker process may pass on either.
+_AS_FROM_A_TERMINAL = ("import runpy, signal; signal.signal(signal.SIGINT, signal.default_int_handler); "
+                       "signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT}); "
+                       "runpy.run_module('batchrun', run_name='__main__', alter_sys=True)")
+
+
+def _sigint_of(pid: int) -> str:
+    """How process `pid` takes SIGINT, from /proc: 'caught', 'ignored', 'blocked' or 'default'."""
+    masks = {key: int(value, 16) for key, value in (line.split(":\t") for line in
+             Path(f"/proc/{pid}/status").read_text().splitlines()) if key in ("SigBlk", "SigIgn", "SigCgt")}
+    bit = 1 << (signal.SIGINT - 1)
+    for name, key in (("blocked", "SigBlk"), ("ignored", "SigIgn"), ("caught", "SigCgt")):
+        if masks[key] & bit:
+            return name
+    return "default"
+
+
 def _start_and_wait_for_workers(cli: Cli, path: Path, count: int) -> tuple[subprocess.Popen[str], list[int]]:
-    process = subprocess.Popen([sys.executable, "-m", "batchrun", "submit", str(path)], cwd=cli.cwd,
+    process = subprocess.Popen([sys.executable, "-c", _AS_FROM_A_TERMINAL, "submit", str(path)], cwd=cli.cwd,
                                env=cli.environment(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                start_new_session=True)
     deadline = time.monotonic() + 30
     while len(workers := _children(process.pid)) < count:
         assert process.poll() is None and time.monotonic() < deadline, "the workers never started"
         time.sleep(0.001)
+    # the premise of a Ctrl-C test: the submit takes SIGINT as a user's terminal would deliver it
+    assert _sigint_of(process.pid) == "caught", _sigint_of(process.pid)
     return process, workers
 
 
