@@ -424,8 +424,12 @@ class Runner:
                 self._jobs.put_nowait(job)
                 await asyncio.sleep(0.05)
                 continue
-            while len(self._in_flight) >= self.breaker.limit and not self._stop.is_set():
-                await self._wait(self._slot_freed, 0.5)  # the breaker is open: fewer requests at once
+            # The breaker is open: fewer requests at once. (Closed, the slots alone bound the requests in
+            # flight, and a freed slot wakes this loop at once: waiting for the task's end as well took
+            # three more turns of the loop, so the answers of a wave were all read before any slot was
+            # used again, and thousands of slots stayed idle for most of a second.)
+            while self.breaker.tripped and len(self._in_flight) >= self.breaker.limit and not self._stop.is_set():
+                await self._wait(self._slot_freed, 0.5)
             try:
                 await self._slots.acquire()
             except BaseException:
