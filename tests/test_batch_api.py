@@ -107,8 +107,11 @@ def test_sigkill_at_random_moments_loses_nothing_and_creates_no_batch_twice(cli:
     keys = make_keys(1)
     env = {"BATCHRUN_BASE_URL": mock.base_url, "BATCHRUN_API_KEYS": keys[0]}
     args = ("run", "--via", "batch-api", "--wait", "--poll-interval", "0.2s", "--batch-max-requests", "15")
-    # across upload, create, poll and download: wherever the moment falls
-    kills = kill_at_random_moments(cli, args, env, random.Random(13), 0.3, 2.5)
+    # across start-up, upload, create, poll and download: wherever the moment falls. llmock finishes a batch
+    # 3 s after its creation, and a run that finds its batches finished collects them and ends: three kills
+    # of at most 0.9 s each (plus the restarts) fit in that time on any machine (12-07: with moments up to
+    # 2.5 s, a fast machine's runs had collected everything after two kills)
+    kills = kill_at_random_moments(cli, args, env, random.Random(13), 0.3, 0.9)
     assert kills >= 3
     final = cli(*args, env=env, timeout=120)
     assert final.returncode == 0, final.stdout + final.stderr
@@ -322,7 +325,10 @@ def test_sigkill_at_random_moments_at_the_simulator_creates_no_batch_twice(tmp_p
     assert cli("submit", str(tmp_path / "jobs.jsonl")).returncode == 0
     args = ("run", "--via", "batch-api", "--wait", "--poll-interval", "0.1s", "--batch-max-requests", "40")
     rng = random.Random(29)
-    with SimulatorThread(SimulatorConfig(seed=6, batch_processing_seconds=1.5)) as sim:
+    # The provider takes 5 s over each batch, so that three kills of at most 1.5 s each (plus the restarts)
+    # land before the runs find everything finished (at 1.5 s, a fast machine's runs had collected every
+    # batch after two kills)
+    with SimulatorThread(SimulatorConfig(seed=6, batch_processing_seconds=5.0)) as sim:
         env = {"BATCHRUN_BASE_URL": sim.base_url, "BATCHRUN_API_KEYS": ",".join(make_keys(1))}
         kills = kill_at_random_moments(cli, args, env, rng, 0.2, 1.5)
         final = cli(*args, env=env, timeout=120)
