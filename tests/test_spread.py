@@ -72,7 +72,10 @@ def cli(tmp_path: Path) -> Cli:
 
 def test_two_processes_share_the_work_and_the_keys_and_serve_each_job_once(
         cli: Cli, sim: RunningSimulator, tmp_path: Path) -> None:
-    sim.config.latency = 0.02
+    # 150 ms an answer: one process alone (4 at once) would take 7.5 s over the 200 jobs, far longer than a
+    # loaded machine takes to start the second (at 20 ms, beside another suite, the first had done them all
+    # before the second claimed any)
+    sim.config.latency = 0.15
     prompts = submit_jobs(cli, tmp_path, 200)
 
     result = cli("run", "--processes", "2", "--concurrency", "8", "--max-cost", "5",
