@@ -9,8 +9,10 @@ import os
 import random
 import re
 import signal
+import sqlite3
 import time
 import urllib.request
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -202,7 +204,7 @@ def test_a_second_batch_api_run_on_the_same_database_does_nothing_while_the_firs
             time.sleep(0.05)
         # Paused (it cannot finish meanwhile: llmock completes a batch in 3 s, less than a busy machine may
         # take to start the second run), yet alive, as a run waiting for its provider is.
-        os.kill(first.pid, signal.SIGSTOP)
+        _pause_between_writes(first.pid, tmp_path / "queue.db")
         try:
             second = cli("run", "--via", "batch-api", env=env)
         finally:
@@ -214,6 +216,24 @@ def test_a_second_batch_api_run_on_the_same_database_does_nothing_while_the_firs
         out, err = first.communicate(timeout=60)
     assert first.returncode == 0, out + err
     assert [r["path"] for r in mock.requests() if r["method"] == "POST"].count("/v1/batches") == 1
+
+
+def _pause_between_writes(pid: int, db: Path, patience: float = 30.0) -> None:
+    """SIGSTOP process `pid` at a moment it holds no write lock on the SQLite database `db` (a run does
+    not stay inside a write for long; paused inside one, it would lock every other writer out — seen once
+    beside another suite: the second run failed with 'database is locked')."""
+    deadline = time.monotonic() + patience
+    while True:
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            with closing(sqlite3.connect(db, timeout=0, isolation_level=None)) as conn:
+                conn.execute("BEGIN IMMEDIATE")
+                conn.execute("ROLLBACK")
+            return
+        except sqlite3.OperationalError:
+            os.kill(pid, signal.SIGCONT)
+            assert time.monotonic() < deadline, f"process {pid} held the write lock of {db} throughout"
+            time.sleep(0.01)
 
 
 # --- the simulator's Batch API: the whole flow offline ---------------------------------------------------
