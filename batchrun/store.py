@@ -42,7 +42,14 @@ from batchrun.attempts import AttemptRecord, EventRecord
 from batchrun.batchstore import ProviderBatches
 from batchrun.catalog import Catalog, ModelInfo
 from batchrun.database import alembic_config as _alembic_config  # noqa: F401  (tests use it)
-from batchrun.database import create_store_engine, current_revision, failure_reason, insert_rows, migrate_to_head
+from batchrun.database import (
+    create_store_engine,
+    current_revision,
+    driver_cursor,
+    failure_reason,
+    insert_rows,
+    migrate_to_head,
+)
 from batchrun.errors import ConfigError, StoreError
 from batchrun.keystore import LEGACY_KEY_WINDOW, KeyLeases, key_window
 from batchrun.records import (
@@ -168,6 +175,9 @@ class Store(KeyLeases):
         self._engine = engine
         self._writer = engine.execution_options(batchrun_write=True)
         self.url = engine.url.render_as_string(hide_password=True)
+        self._claim_statements: dict[bool, str] = {}
+        #: the driver's errors, from statements run through `driver_cursor`
+        self._driver_errors: tuple[type[Exception], ...] = (engine.dialect.loaded_dbapi.Error,)
 
     @classmethod
     def open(cls, url: str, *, migrate: bool = True) -> Store:
@@ -204,6 +214,8 @@ class Store(KeyLeases):
             with self._writer.begin() as conn:
                 yield conn
         except SQLAlchemyError as exc:
+            raise StoreError(f"database {self.url}: {failure_reason(exc)}") from exc
+        except self._driver_errors as exc:
             raise StoreError(f"database {self.url}: {failure_reason(exc)}") from exc
 
     @contextmanager
@@ -379,22 +391,29 @@ class Store(KeyLeases):
               now: float | None = None) -> list[ClaimedJob]:
         """Lease up to `limit` due queued jobs to `owner`, in input order."""
         now = time.time() if now is None else now
-        due = select(jobs.c.id).where(jobs.c.state == QUEUED, jobs.c.not_before <= now)
-        if batch_id is not None:
-            due = due.where(jobs.c.batch_id == batch_id)
-        due = due.order_by(jobs.c.batch_id, jobs.c.id).limit(limit).with_for_update(skip_locked=True)
-        stmt = (
-            update(jobs)
-            .where(jobs.c.id.in_(due.scalar_subquery()))
-            .values(state=RUNNING, lease_owner=owner, lease_expires=now + lease_seconds)
-            .returning(jobs.c.id, jobs.c.batch_id, jobs.c.custom_id, jobs.c.body, jobs.c.model,
-                       jobs.c.input_tokens, jobs.c.max_tokens, jobs.c.attempts, jobs.c.transient_since,
-                       jobs.c.endpoint)
-        )
+        scope = () if batch_id is None else (batch_id,)
+        sql = self._claim_sql(batch_id is not None)
         with self._write() as conn:
-            claimed = [ClaimedJob(*row) for row in conn.execute(stmt)]
-        claimed.sort(key=lambda job: (job.batch_id, job.id))
+            cursor = driver_cursor(conn)
+            cursor.execute(sql, (owner, now + lease_seconds, now, *scope, limit))
+            rows = cursor.fetchall()
+            cursor.close()
+        claimed = [ClaimedJob._make(row) for row in rows]
+        claimed.sort(key=_INPUT_ORDER)
         return claimed
+
+    def _claim_sql(self, one_batch: bool) -> str:
+        sql = self._claim_statements.get(one_batch)
+        if sql is None:
+            mark = self._mark
+            scope = f" AND batch_id = {mark}" if one_batch else ""
+            # PostgreSQL: concurrent runners skip each other's rows instead of waiting for them
+            skip_locked = " FOR UPDATE SKIP LOCKED" if self._engine.dialect.name == "postgresql" else ""
+            sql = self._claim_statements[one_batch] = (
+                f"UPDATE jobs SET state = '{RUNNING}', lease_owner = {mark}, lease_expires = {mark} "
+                f"WHERE id IN (SELECT id FROM jobs WHERE state = '{QUEUED}' AND not_before <= {mark}{scope} "
+                f"ORDER BY batch_id, id LIMIT {mark}{skip_locked}) RETURNING {', '.join(ClaimedJob._fields)}")
+        return sql
 
     def record(self, owner: str, outcomes: Iterable[Outcome], now: float | None = None, *,
                runner_id: int | None = None, attempts: Sequence[AttemptRecord] = (),
@@ -414,22 +433,26 @@ class Store(KeyLeases):
                 failed.append((*_FAILED_VALUES(outcome), outcome.job_id, owner))
             else:
                 retried.append((*_RETRY_VALUES(outcome), outcome.job_id, owner))
-        # Plain tuples to the driver: SQLAlchemy's per-row parameter processing of these updates cost the
-        # dispatch loop ≈ 2–3 % of its CPU at thousands of answers a second.
+        # Plain tuples to the driver (`driver_cursor`): SQLAlchemy's per-row parameter processing of these
+        # updates cost the dispatch loop ≈ 2–3 % of its CPU at thousands of answers a second.
         mark = self._mark
         landed = 0
         with self._write() as conn:
+            cursor = driver_cursor(conn)
             if done:
-                landed += conn.exec_driver_sql(_held_update(
+                cursor.executemany(_held_update(
                     f"state = '{SUCCEEDED}', finished_at = {now!r}, error_code = NULL, error_message = NULL",
-                    _SUCCEEDED_COLUMNS, mark), done).rowcount
+                    _SUCCEEDED_COLUMNS, mark), done)
+                landed += cursor.rowcount
             if failed:
-                landed += conn.exec_driver_sql(_held_update(
+                cursor.executemany(_held_update(
                     f"state = '{FAILED}', finished_at = {now!r}, request_id = NULL", _FAILED_COLUMNS, mark),
-                    failed).rowcount
+                    failed)
+                landed += cursor.rowcount
             if retried:
-                landed += conn.exec_driver_sql(_held_update(f"state = '{QUEUED}'", _RETRY_COLUMNS, mark),
-                                               retried).rowcount
+                cursor.executemany(_held_update(f"state = '{QUEUED}'", _RETRY_COLUMNS, mark), retried)
+                landed += cursor.rowcount
+            cursor.close()
             if runner_id is not None and (attempts or events):
                 self.attempts.write(conn, runner_id, attempts, events)
         expected = len(done) + len(failed) + len(retried)
@@ -711,6 +734,7 @@ _FAILED_COLUMNS = ("attempts", "key_id", "status_code", "response", "error_code"
 _RETRY_COLUMNS = ("attempts", "not_before", "key_id", "status_code", "response", "error_code", "error_message",
                   "transient_since")
 _SUCCEEDED_VALUES = operator.attrgetter(*_SUCCEEDED_COLUMNS)
+_INPUT_ORDER = operator.itemgetter(1, 0)  # a ClaimedJob's (batch_id, id)
 _FAILED_VALUES = operator.attrgetter(*_FAILED_COLUMNS)
 _RETRY_VALUES = operator.attrgetter(*_RETRY_COLUMNS)
 

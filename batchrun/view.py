@@ -99,7 +99,7 @@ class QueueView:
 
     def counts(self, batch_id: int | None = None) -> list[BatchCounts]:
         """Jobs by state, attempts, tokens, cost and flags per batch: from the tallies the triggers keep
-        (migration 0003) and, for queued jobs, the claim index — never a scan of the jobs."""
+        (migrations 0003, 0008) and, for queued and running jobs, the claim index — never a scan of the jobs."""
         scope, params = ("", ()) if batch_id is None else (" AND batch_id = ?", (batch_id,))
         tally: dict[int, dict[str, Any]] = {}
         with self._read() as query:
@@ -120,10 +120,12 @@ class QueueView:
                 if state == "succeeded":
                     entry.update(unverified=int(unverified), truncated=int(truncated), fallbacks=int(fallbacks),
                                  priced=int(priced))
-            # Queued jobs count 0 in the tallies (submitting does no trigger work): the claim index has them.
-            for bid, count in query(f"SELECT batch_id, count(*) FROM jobs WHERE state = 'queued'{scope} "
-                                    "GROUP BY batch_id", params):
-                tally.setdefault(int(bid), _empty_tally())["queued"] = int(count)
+            # Queued and running jobs count 0 in the tallies (submitting and claiming do no trigger work):
+            # the claim index has them.
+            for bid, state, count in query(
+                    f"SELECT batch_id, state, count(*) FROM jobs WHERE state IN ('queued', 'running'){scope} "
+                    "GROUP BY batch_id, state", params):
+                tally.setdefault(int(bid), _empty_tally())[state] = int(count)
             for bid, code, count in query(
                     f"SELECT batch_id, error_code, sum(jobs) FROM job_tallies WHERE state = 'failed'{scope} "
                     "GROUP BY batch_id, error_code HAVING sum(jobs) <> 0", params):
