@@ -138,13 +138,14 @@ class KeySharing:
         now = time.time() if now is None else now
         return lane.held and now < self.states[lane.key.id].valid_until - self.margin
 
-    def track(self, lane: KeyLane, request: asyncio.Future[Any]) -> None:
-        """A request on this key has just been started: count it in flight until it is done."""
+    def track(self, lane: KeyLane) -> LeaseState:
+        """A request on this key has just been started: counted in flight until `answered(state)`
+        (called by the runner's one done callback of the request's task)."""
         state = self.states[lane.key.id]
         state.in_flight += 1
-        request.add_done_callback(lambda _: self._answered(state))
+        return state
 
-    def _answered(self, state: LeaseState) -> None:
+    def answered(self, state: LeaseState) -> None:
         state.in_flight -= 1
         state.last_answer = time.time()
         if not state.in_flight:

@@ -8,7 +8,6 @@ Authorization header or the key into a message.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import email.utils
 import logging
 import re
@@ -16,7 +15,7 @@ import ssl
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import aiohttp
 import orjson
@@ -93,10 +92,10 @@ class RateHint:
         return max(waits) if waits else None
 
 
-@dataclass(frozen=True, slots=True)
-class Completion:
+class Completion(NamedTuple):
     """A successful answer of any endpoint (a chat completion, an embedding...), with the raw body kept
-    verbatim for the export and what the endpoint reads out of it."""
+    verbatim for the export and what the endpoint reads out of it. (A tuple: one per answer, thousands
+    a second; a frozen dataclass took ≈ 1.3 µs to build.)"""
 
     status: int
     body: str
@@ -135,6 +134,8 @@ class ProviderClient:
         #: each endpoint's notes on the answers of this run (`Endpoint.read_answer`)
         self._memory: dict[str, dict[Any, Any]] = {}
         self._proxy: dict[str, Any] = {}
+        self._untimed: dict[str, Any] = {"timeout": _UNTIMED}
+        self._urls: dict[str, str] = {}  # endpoint URL -> where its requests go
         self._timeouts = RequestTimeouts(request_timeout)
 
     async def __aenter__(self) -> ProviderClient:
@@ -148,6 +149,7 @@ class ProviderClient:
         # The proxy variables, read once: aiohttp's trust_env reads them (and ~/.netrc) again for every
         # request, which halved the dispatch rate at thousands of requests a second.
         self._proxy = env_proxy(self.base_url)
+        self._untimed = {"timeout": _UNTIMED, **self._proxy}
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -173,7 +175,10 @@ class ProviderClient:
 
     async def complete(self, key: ApiKey, body: bytes, endpoint: Endpoint = CHAT) -> Completion:
         """Send one request to `endpoint`; return its answer, or raise the classified `ProviderError`."""
-        status, headers, text = await self._send(self.base_url + endpoint.path, key, body)
+        url = self._urls.get(endpoint.url)
+        if url is None:
+            url = self._urls[endpoint.url] = self.base_url + endpoint.path
+        status, headers, text = await self._send(url, key, body)
         hint = rate_hint(headers)
         if status == 200:
             try:
@@ -183,7 +188,7 @@ class ProviderClient:
             except ProviderError as error:
                 error.rate_hint = hint
                 raise
-            return completion if hint is None else dataclasses.replace(completion, rate_hint=hint)
+            return completion if hint is None else completion._replace(rate_hint=hint)
         failure = classify(status, headers, text)
         if isinstance(failure, EndpointNotFound) and endpoint is not CHAT:
             # The catalogue answered at this base URL: it is right, and the provider lacks the endpoint.
@@ -345,11 +350,12 @@ class ProviderClient:
 
     async def _request(self, method: str, url: str, key: ApiKey, body: bytes | None,
                        timeout: aiohttp.ClientTimeout | None = None) -> tuple[int, Any, str]:
+        # (timeout=None would mean "no timeout at all" to aiohttp: pass it only when given)
+        options = (self._untimed if timeout is _UNTIMED else self._proxy if timeout is None
+                   else {"timeout": timeout, **self._proxy})
         try:
-            # (timeout=None would mean "no timeout at all" to aiohttp: pass it only when given)
-            extra: dict[str, Any] = {} if timeout is None else {"timeout": timeout}
             async with self.session.request(method, url, data=body, headers=self._headers_for(key),
-                                            **extra, **self._proxy) as resp:
+                                            **options) as resp:
                 raw = await resp.read()
                 return resp.status, resp.headers, raw.decode("utf-8", errors="replace")
         except asyncio.TimeoutError as exc:

