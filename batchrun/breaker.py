@@ -40,7 +40,7 @@ class CircuitBreaker:
     """
 
     __slots__ = ("_max", "_window_size", "_min_samples", "_trip_share", "_hold", "_max_hold",
-                 "_limit", "_window", "_since_change", "_hold_until", "_tripped_at",
+                 "_limit", "_window", "_window_failures", "_since_change", "_hold_until", "_tripped_at",
                  "_streak", "_trips")
 
     def __init__(self, max_concurrency: int, window: int = 20, min_samples: int = 10,
@@ -65,6 +65,7 @@ class CircuitBreaker:
         self._limit = max_concurrency
         #: the last `window` outcomes (True = failed) since the last trip; decides tripping
         self._window: deque[bool] = deque(maxlen=window)
+        self._window_failures = 0  # how many of `_window` failed: counted as they come and go
         #: the last `window` outcomes since the last change of the limit; decides ramping up
         self._since_change: deque[bool] = deque(maxlen=window)
         self._hold_until = float("-inf")
@@ -89,7 +90,7 @@ class CircuitBreaker:
     @property
     def failure_share(self) -> float:
         """The failed share of the current window (0.0 when it is empty, e.g. right after a trip)."""
-        return sum(self._window) / len(self._window) if self._window else 0.0
+        return self._window_failures / len(self._window) if self._window else 0.0
 
     @property
     def trips(self) -> int:
@@ -109,11 +110,16 @@ class CircuitBreaker:
             return None
         if started is not None and started < self._tripped_at:
             return None
-        self._window.append(failed)
-        self._since_change.append(failed)
+        window = self._window
+        if len(window) == self._window_size and window[0]:
+            self._window_failures -= 1  # the oldest outcome leaves the window
+        window.append(failed)
+        self._window_failures += failed
+        if self._limit < self._max:  # (only while the limit is down does the ramp-up need them)
+            self._since_change.append(failed)
 
-        failures = sum(self._window)
-        samples = len(self._window)
+        failures = self._window_failures
+        samples = len(window)
         if samples >= self._min_samples and failures / samples >= self._trip_share:
             return self._trip(failures, samples, now)
 
@@ -136,6 +142,7 @@ class CircuitBreaker:
         self._hold_until = now + hold
         self._tripped_at = now
         self._window.clear()
+        self._window_failures = 0
         self._since_change.clear()
         change = (f"concurrency {before} → {self._limit}" if self._limit != before
                   else f"concurrency stays at {self._limit}")

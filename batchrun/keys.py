@@ -327,6 +327,12 @@ class KeyLane:
         if self.usable and self.state == "cooling":
             self.state = "active"
 
+    @property
+    def limited(self) -> bool:
+        """Whether a request on this key waits for anything (a pace, a window, tokens): if not,
+        `acquire` need not be awaited."""
+        return self._pacer is not None or self._window is not None or self._tokens is not None
+
     async def acquire(self, estimated_tokens: float) -> list[float] | None:
         """Wait for this key's rate and token windows; returns the token reservation to settle."""
         if self._pacer is not None:

@@ -418,16 +418,9 @@ def parse_completion(text: str, *, require_request_id: bool = False, endpoint: E
     if require_request_id and not (isinstance(request_id, str) and request_id):
         raise Unverified("200 without request_id: the provider's docs say the request likely did not "
                          "complete; retried because --require-request-id is set", status=200, body=_clip(text))
-    return Completion(
-        status=200,
-        body=text,
-        request_id=request_id if isinstance(request_id, str) else None,
-        model=payload.get("model") if isinstance(payload.get("model"), str) else None,
-        finish_reason=answer.finish_reason,
-        prompt_tokens=answer.prompt_tokens,
-        completion_tokens=answer.completion_tokens,
-        total_tokens=answer.total_tokens,
-    )
+    return Completion(200, text, request_id if isinstance(request_id, str) else None,
+                      model if isinstance(model := payload.get("model"), str) else None, answer.finish_reason,
+                      answer.prompt_tokens, answer.completion_tokens, answer.total_tokens)
 
 
 def classify(status: int, headers: Any, text: str) -> ProviderError:

@@ -424,7 +424,8 @@ class Runner:
             if not self._keys.may_send(lane):
                 await self._wait(self._keys.changed, 1.0)  # another runner holds this key for now
                 continue
-            await lane.wait_until_warm()
+            if lane.cooling_until:  # (cooled down at some point: wait out what is left of it)
+                await lane.wait_until_warm()
             job = self._jobs.get_nowait() if self._jobs.qsize() else await self._jobs.get()
             if self._jobs.qsize() < self._options.concurrency:
                 self._need_jobs.set()
@@ -452,7 +453,7 @@ class Runner:
                 self._jobs.put_nowait(job)
                 raise
             try:
-                reservation = await lane.acquire(self._estimate_tokens(job))
+                reservation = await lane.acquire(self._estimate_tokens(job)) if lane.limited else None
             except BaseException:
                 self._slots.release()
                 self._jobs.put_nowait(job)
@@ -532,10 +533,14 @@ class Runner:
 
     def _on_success(self, lane: KeyLane, job: ClaimedJob, prepared: Prepared, attempt: int,
                     completion: Completion, reservation: list[float] | None, sent_at: float) -> Succeeded:
-        self._note_key_change(lane, lane.on_answer(sent_at, succeeded=True))
-        self._obey_hint(lane, completion.rate_hint)
+        change = lane.on_answer(sent_at, succeeded=True)
+        if change:
+            self._note_key_change(lane, change)
+        if completion.rate_hint is not None:
+            self._obey_hint(lane, completion.rate_hint)
         self._note_breaker(False, sent_at)
-        lane.settle_tokens(reservation, completion.total_tokens or self._estimate_tokens(job))
+        if reservation is not None:
+            lane.settle_tokens(reservation, completion.total_tokens or self._estimate_tokens(job))
         served = completion.model or prepared.model_sent
         model = self.catalog.resolve(served) or self.catalog.resolve(prepared.model_sent)
         cost = model.cost(completion.prompt_tokens, completion.completion_tokens) if model else None
@@ -552,8 +557,8 @@ class Runner:
         return Succeeded(job.id, attempt, lane.key.id, completion.status, completion.request_id,
                          completion.body, completion.model, completion.finish_reason,
                          completion.prompt_tokens, completion.completion_tokens, completion.total_tokens,
-                         cost=cost, model_sent=prepared.model_sent, fallback_reason=prepared.fallback_reason,
-                         dropped_parameters=",".join(prepared.dropped) or None)
+                         cost, prepared.model_sent, prepared.fallback_reason,
+                         ",".join(prepared.dropped) if prepared.dropped else None)
 
     async def _on_error(self, lane: KeyLane, job: ClaimedJob, prepared: Prepared, attempt: int,
                         error: ProviderError, sent_at: float) -> Outcome | None:
