@@ -424,6 +424,9 @@ class Runner:
             if not self._keys.may_send(lane):
                 await self._wait(self._keys.changed, 1.0)  # another runner holds this key for now
                 continue
+            # Whether this turn may have waited (given way to other tasks): then what was checked before
+            # is checked again before sending (below).
+            waited = bool(lane.cooling_until) or not self._jobs.qsize()
             if lane.cooling_until:  # (cooled down at some point: wait out what is left of it)
                 await lane.wait_until_warm()
             job = self._jobs.get_nowait() if self._jobs.qsize() else await self._jobs.get()
@@ -446,7 +449,9 @@ class Runner:
             # three more turns of the loop, so the answers of a wave were all read before any slot was
             # used again, and thousands of slots stayed idle for most of a second.)
             while self.breaker.tripped and len(self._in_flight) >= self.breaker.limit and not self._stop.is_set():
+                waited = True
                 await self._wait(self._slot_freed, 0.5)
+            waited = waited or self._slots.locked() or lane.limited
             try:
                 await self._slots.acquire()
             except BaseException:
@@ -458,18 +463,18 @@ class Runner:
                 self._slots.release()
                 self._jobs.put_nowait(job)
                 raise
-            if (not lane.usable or not self._keys.may_send(lane) or lane.cooling or model in lane.forbidden_models
-                    or self._stop.is_set()):
+            if waited and (not lane.usable or not self._keys.may_send(lane) or lane.cooling
+                           or model in lane.forbidden_models or self._stop.is_set()):
                 # A 429, 401 or 403 arrived while this lane waited for its limiter, or the run is stopping.
                 self._slots.release()
                 self._jobs.put_nowait(job)
                 continue
-            unserved = self._unserved.get(job.endpoint)
+            unserved = self._unserved.get(job.endpoint) if waited else None
             if unserved is not None:  # a 404 for the endpoint came while this job waited for its turn
                 self._slots.release()
                 self._refuse(job, EndpointNotServed.code, unserved, prepared)
                 continue
-            spend = self._reserve_spend(job, prepared)
+            spend = self._reserve_spend(job, prepared) if self.cap.active else True
             if spend is False:
                 self._slots.release()
                 self._jobs.put_nowait(job)

@@ -428,7 +428,7 @@ class Store(KeyLeases):
         done, failed, retried = [], [], []
         for outcome in outcomes:
             if isinstance(outcome, Succeeded):
-                done.append((*_SUCCEEDED_VALUES(outcome), outcome.job_id, owner))
+                done.append((*outcome[1:], outcome[0], owner))  # (its fields after job_id: _SUCCEEDED_COLUMNS)
             elif isinstance(outcome, Failed):
                 failed.append((*_FAILED_VALUES(outcome), outcome.job_id, owner))
             else:
@@ -733,7 +733,7 @@ _FAILED_COLUMNS = ("attempts", "key_id", "status_code", "response", "error_code"
                    "fallback_reason", "dropped_parameters")
 _RETRY_COLUMNS = ("attempts", "not_before", "key_id", "status_code", "response", "error_code", "error_message",
                   "transient_since")
-_SUCCEEDED_VALUES = operator.attrgetter(*_SUCCEEDED_COLUMNS)
+assert Succeeded._fields[1:] == _SUCCEEDED_COLUMNS and Succeeded._fields[0] == "job_id"
 _INPUT_ORDER = operator.itemgetter(1, 0)  # a ClaimedJob's (batch_id, id)
 _FAILED_VALUES = operator.attrgetter(*_FAILED_COLUMNS)
 _RETRY_VALUES = operator.attrgetter(*_RETRY_COLUMNS)
