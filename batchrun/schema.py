@@ -21,6 +21,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    text,
 )
 
 from batchrun.revision import SCHEMA_REVISION  # noqa: F401  (re-exported: the revision of these tables)
@@ -107,8 +108,10 @@ jobs = Table(
     UniqueConstraint("batch_id", "custom_id"),
     # The claim query: next queued jobs in input order (and the count of queued jobs, index only).
     Index("ix_jobs_claim", "state", "batch_id", "id"),
-    # Leases of a runner: heartbeat extension and release.
-    Index("ix_jobs_lease_owner", "lease_owner"),
+    # Leases of a runner: heartbeat extension and release. Only leased jobs are in it (migration 0008): a
+    # queued or finished job has no entry to keep up, so a claim adds one and a result takes it away.
+    Index("ix_jobs_lease_owner", "lease_owner", sqlite_where=text("lease_owner IS NOT NULL"),
+          postgresql_where=text("lease_owner IS NOT NULL")),
 )
 
 #: The endpoints each batch's jobs go to (written by submit): `status` breaks a batch down by endpoint

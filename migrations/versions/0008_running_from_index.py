@@ -14,6 +14,10 @@ of a fresh job fires neither and a first result makes one upsert instead of two.
 statement trigger compares the contributions of the old and new rows instead of the tracked columns, so a
 claim takes neither the tally lock nor a write.
 
+The index of leases, `ix_jobs_lease_owner`, now holds only leased jobs (`WHERE lease_owner IS NOT NULL`):
+every queued and finished job had an entry for its NULL, which each claim and each result moved (and
+each submitted job added).
+
 The existing `running` tally rows lose their job counts (attempts and usage of jobs leased again after a
 failure stay). Downgrading restores 0003's triggers and puts the running jobs back into the tallies.
 
@@ -24,6 +28,7 @@ Create Date: 2026-12-07 18:30:00.000000
 from __future__ import annotations
 
 from alembic import op
+import sqlalchemy as sa
 
 
 revision = '0008'
@@ -187,9 +192,14 @@ def _switch(to: tuple[str, ...], running_jobs: str) -> None:
 
 def upgrade() -> None:
     _switch(INDEXED, "UPDATE job_tallies SET jobs = 0 WHERE state = 'running'")
+    leased = sa.text("lease_owner IS NOT NULL")
+    op.drop_index("ix_jobs_lease_owner", table_name="jobs")
+    op.create_index("ix_jobs_lease_owner", "jobs", ["lease_owner"], sqlite_where=leased, postgresql_where=leased)
 
 
 def downgrade() -> None:
+    op.drop_index("ix_jobs_lease_owner", table_name="jobs")
+    op.create_index("ix_jobs_lease_owner", "jobs", ["lease_owner"])
     _switch(INDEXED_0003, add_aggregate(
         f"SELECT batch_id, state, '' AS key_id, '' AS model, '' AS error_code, 1 AS jobs, 0 AS attempts, "
         "0 AS prompt_tokens, 0 AS completion_tokens, 0 AS total_tokens, 0.0 AS cost, 0 AS priced, "
