@@ -74,7 +74,9 @@ def busiest(times: list[float], span: float) -> int:
 def test_rpm_quota_and_random_429s_and_503s_every_job_once(cli: Cli, tmp_path: Path,
                                                             start_llmock: StartLLMock) -> None:
     # 600 rpm per key is a bucket of 600 refilled at 10/s; batchrun's 10/1s stays inside it
-    mock = start_llmock("--rpm", "600", "--error-rate", "429=0.05", "--error-rate", "503=0.05",
+    # 10 % of each fault: ≈ 130 requests then show both at least once but for a chance of ≈ 10⁻⁶ (at 5 %,
+    # no 429 at all came once in a few hundred runs, and the premise below failed)
+    mock = start_llmock("--rpm", "600", "--error-rate", "429=0.1", "--error-rate", "503=0.1",
                         "--response-style", "echo")
     prompts = submit_jobs(cli, tmp_path, 120, model=MODEL)
 
