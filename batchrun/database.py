@@ -1,5 +1,7 @@
-"""Opening the queue database: an engine for SQLite or PostgreSQL, tuned, and migrated to the schema
-this code expects. `store.Store` opens its engine here and does everything else itself.
+"""Opening the queue database with SQLAlchemy: an engine for SQLite or PostgreSQL, tuned, and migrated
+to the schema this code expects. `store.Store` opens its engine here (only when it needs one: a SQLite
+file at the current schema it opens with the bare driver, `driver.SqliteFile`) and does everything else
+itself.
 
 SQLite: WAL, `synchronous=NORMAL`, a 60 s busy timeout, foreign keys on, and batchrun's own BEGIN
 (IMMEDIATE for writers: a deferred transaction that upgrades to a write can fail with "database is
@@ -12,18 +14,17 @@ from __future__ import annotations
 import importlib.util
 import os
 from importlib import resources
-from collections.abc import Callable, Sequence
-from itertools import chain
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
+from batchrun.driver import SQLITE_PRAGMAS, Tx
 from batchrun.errors import StoreError
-from batchrun.schema import SCHEMA_REVISION
+from batchrun.revision import SCHEMA_REVISION
 
-__all__ = ["alembic_config", "create_store_engine", "current_revision", "driver_cursor", "failure_reason",
+__all__ = ["alembic_config", "create_store_engine", "current_revision", "driver_tx", "failure_reason",
            "migrate_to_head"]
 
 #: pg_advisory_xact_lock key of migrations (0003's tally writers use 7166022)
@@ -105,10 +106,8 @@ def _tune_sqlite(engine: Engine) -> None:
         # We issue BEGIN ourselves (below); the driver's implicit transactions would get in the way.
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA synchronous=NORMAL")
-        cursor.execute("PRAGMA busy_timeout=60000")
-        cursor.execute("PRAGMA foreign_keys=ON")
+        for pragma in SQLITE_PRAGMAS:
+            cursor.execute(pragma)
         cursor.close()
 
     @event.listens_for(engine, "begin")
@@ -119,29 +118,7 @@ def _tune_sqlite(engine: Engine) -> None:
         conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
 
-def driver_cursor(conn: Connection) -> Any:
-    """A cursor of the driver (sqlite3, psycopg) in `conn`'s transaction, for the statements a run makes
-    thousands of times a second (claims, results, attempts): through it, rows go in and come back as
-    plain tuples. SQLAlchemy's parameter and result handling around the same statements cost ≈ 5 µs a
-    job (bench 1). Its errors are the driver's: the store translates them with SQLAlchemy's own."""
-    return conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
-
-
-def insert_rows(conn: Connection, sql_for: Callable[[int], str], rows: Sequence[Sequence[Any]], per: int) -> int:
-    """Execute `rows` through the driver `per` rows to a statement (`sql_for(n)`: a statement of n rows of
-    VALUES): one statement a row costs SQLite ≈ 2 µs a row more (it runs the statement's set-up again for
-    each). Returns the rows affected."""
-    whole = len(rows) - len(rows) % per
-    affected = 0
-    cursor = driver_cursor(conn)
-    try:
-        if whole:
-            cursor.executemany(sql_for(per), [
-                tuple(chain.from_iterable(rows[start:start + per])) for start in range(0, whole, per)])
-            affected += cursor.rowcount
-        if whole < len(rows):
-            cursor.execute(sql_for(len(rows) - whole), tuple(chain.from_iterable(rows[whole:])))
-            affected += cursor.rowcount
-    finally:
-        cursor.close()
-    return affected
+def driver_tx(conn: Connection) -> Tx:
+    """A `driver.Tx` on the driver connection (sqlite3, psycopg) under `conn`, in `conn`'s transaction: the
+    store's plain SQL runs through it. Its errors are the driver's: the store translates them."""
+    return Tx(conn.connection.driver_connection, "?" if conn.dialect.paramstyle == "qmark" else "%s")

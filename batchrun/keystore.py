@@ -10,37 +10,34 @@ from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from typing import Any
 
-from sqlalchemy import and_, func, insert, or_, select, update
-from sqlalchemy.engine import Connection
-from sqlalchemy.exc import IntegrityError
-
+from batchrun.driver import Tx
 from batchrun.records import RunnerRecord
-from batchrun.schema import api_keys, runners
 
-__all__ = ["LEGACY_KEY_WINDOW", "KeyLeases", "key_window"]
+__all__ = ["KEY_WINDOW", "LEGACY_KEY_WINDOW", "KeyLeases"]
 
 #: the window assumed for a key whose row has none (leased by a batchrun from before migration 0004)
 LEGACY_KEY_WINDOW = 60.0
+#: a key's stored window in SQL (for a row from before migration 0004: `LEGACY_KEY_WINDOW`)
+KEY_WINDOW = f"COALESCE(window_seconds, {LEGACY_KEY_WINDOW!r})"
 
 
 class KeyLeases:
     """Key state and leases; `Store` provides the transactions."""
 
-    _write: Callable[[], AbstractContextManager[Connection]]
-    _read: Callable[[], AbstractContextManager[Connection]]
+    _tx: Callable[..., AbstractContextManager[Tx]]
 
     def set_key_state(self, key_id: str, state: str, reason: str | None, now: float | None = None) -> None:
         """Record a key's state (revoked, budget, ...); the last run's counts are kept."""
         now = time.time() if now is None else now
-        with self._write() as conn:
-            _upsert_key(conn, key_id, {"state": state, "reason": reason, "since": now}, {})
+        with self._tx() as tx:
+            _upsert_key(tx, key_id, {"state": state, "reason": reason, "since": now}, {})
 
     def save_key_run(self, key_id: str, requests: int, rate_limited: int, errors: int,
                      rate_configured: str | None, rate_adapted: str | None, now: float | None = None) -> None:
         """Record what the last run did with a key; its state (revoked, ...) is left as it is."""
         now = time.time() if now is None else now
-        with self._write() as conn:
-            _upsert_key(conn, key_id, {
+        with self._tx() as tx:
+            _upsert_key(tx, key_id, {
                 "requests": requests, "rate_limited": rate_limited, "errors": errors, "last_run_at": now,
                 "rate_configured": rate_configured, "rate_adapted": rate_adapted,
             }, {"state": "active", "reason": None, "since": now})
@@ -57,73 +54,60 @@ class KeyLeases:
         The owner's own keys it may take back at once: it keeps its own send times.
         """
         now = time.time() if now is None else now
-        key = api_keys.c
-        takeable = or_(
-            key.lease_owner == owner,
-            and_(key.free_at.is_not(None), key.free_at <= now),
-            and_(key.free_at.is_(None), or_(key.lease_owner.is_(None), key.lease_expires.is_(None),
-                                            key.lease_expires + key_window() <= now)),
-        )
         held: list[str] = []
-        with self._write() as conn:
-            known = set(conn.execute(select(key.id).where(key.id.in_(list(windows)))).scalars())
+        with self._tx() as tx:
             for key_id in windows:
-                if key_id not in known:
-                    _upsert_key(conn, key_id, {"since": now}, {"state": "active", "reason": None})
+                _upsert_key(tx, key_id, {}, {"state": "active", "reason": None, "since": now})
             for key_id, window in windows.items():
-                held.extend(conn.execute(
-                    update(api_keys).where(key.id == key_id, takeable)
-                    .values(lease_owner=owner, lease_expires=now + lease_seconds, free_at=None,
-                            window_seconds=window).returning(key.id)).scalars())
+                held.extend(taken for taken, in tx.rows(_TAKE_KEY, (
+                    owner, now + lease_seconds, window, key_id, owner, now, now)))
         return sorted(held)
 
     def release_keys(self, owner: str, free_at: Mapping[str, float], now: float | None = None) -> None:
         """Give up this owner's leases of these keys (id -> when another runner may take it: the
         owner's last answer on the key plus its window). Keys it no longer holds are left alone."""
         now = time.time() if now is None else now
-        with self._write() as conn:
-            for key_id, free in free_at.items():
-                conn.execute(update(api_keys).where(api_keys.c.id == key_id, api_keys.c.lease_owner == owner,
-                                                    api_keys.c.free_at.is_(None))
-                             .values(lease_expires=now, free_at=free))
+        with self._tx() as tx:
+            tx.many("UPDATE api_keys SET lease_expires = ?, free_at = ? "
+                    "WHERE id = ? AND lease_owner = ? AND free_at IS NULL",
+                    [(now, free, key_id, owner) for key_id, free in free_at.items()])
 
     def key_holders(self, key_ids: Sequence[str], now: float | None = None) -> dict[str, RunnerRecord]:
         """Which live runner holds each of these keys (keys nobody holds are left out)."""
+        if not key_ids:
+            return {}
         now = time.time() if now is None else now
-        with self._read() as conn:
-            rows = conn.execute(
-                select(api_keys.c.id, runners.c.owner, runners.c.host, runners.c.pid, runners.c.started_at,
-                       runners.c.heartbeat_at, runners.c.ended_at, runners.c.exit_code, runners.c.outcome)
-                .join(runners, runners.c.owner == api_keys.c.lease_owner)
-                .where(api_keys.c.id.in_(list(key_ids)), api_keys.c.free_at.is_(None),
-                       api_keys.c.lease_expires >= now)).all()
+        with self._tx(write=False) as tx:
+            rows = tx.rows(
+                "SELECT k.id, r.owner, r.host, r.pid, r.started_at, r.heartbeat_at, r.ended_at, r.exit_code, "
+                "r.outcome FROM api_keys k JOIN runners r ON r.owner = k.lease_owner "
+                f"WHERE k.id IN ({', '.join('?' * len(key_ids))}) AND k.free_at IS NULL AND k.lease_expires >= ?",
+                (*key_ids, now))
         return {row[0]: RunnerRecord(*row[1:]) for row in rows}
 
     def reset_key(self, key_id: str, now: float | None = None) -> bool:
         """Put a key back into rotation (after revoked, expired, ...) and forget its adapted rate; the
         last run's counts are kept. False if the key is unknown."""
         now = time.time() if now is None else now
-        with self._write() as conn:
-            return bool(conn.execute(
-                update(api_keys).where(api_keys.c.id == key_id)
-                .values(state="active", reason=None, since=now, rate_adapted=None)).rowcount)
+        with self._tx() as tx:
+            return bool(tx.run("UPDATE api_keys SET state = 'active', reason = NULL, since = ?, rate_adapted = NULL "
+                               "WHERE id = ?", (now, key_id)))
 
 
-def key_window() -> Any:
-    """A key's stored window in SQL (for a row from before migration 0004: `LEGACY_KEY_WINDOW`)."""
-    return func.coalesce(api_keys.c.window_seconds, LEGACY_KEY_WINDOW)
+#: a key this owner may lease now (parameters: owner, lease expiry, window, key id, owner, now, now)
+_TAKE_KEY = (
+    "UPDATE api_keys SET lease_owner = ?, lease_expires = ?, free_at = NULL, window_seconds = ? "
+    "WHERE id = ? AND (lease_owner = ? OR (free_at IS NOT NULL AND free_at <= ?) "
+    f"OR (free_at IS NULL AND (lease_owner IS NULL OR lease_expires IS NULL OR lease_expires + {KEY_WINDOW} <= ?))) "
+    "RETURNING id")
 
 
-def _upsert_key(conn: Connection, key_id: str, changes: dict[str, Any], fresh: dict[str, Any]) -> None:
-    """Update `changes` on a key's row, or insert it with `fresh` values as well if it is not there.
-
-    Portable (no dialect-specific ON CONFLICT): a concurrent insert of the same key by another runner
-    (PostgreSQL; SQLite writers are serialised) fails inside a savepoint and becomes an update.
-    """
-    if conn.execute(update(api_keys).where(api_keys.c.id == key_id).values(**changes)).rowcount:
-        return
-    try:
-        with conn.begin_nested():
-            conn.execute(insert(api_keys).values(id=key_id, **{**fresh, **changes}))
-    except IntegrityError:
-        conn.execute(update(api_keys).where(api_keys.c.id == key_id).values(**changes))
+def _upsert_key(tx: Tx, key_id: str, changes: dict[str, Any], fresh: dict[str, Any]) -> None:
+    """Update `changes` on a key's row, or insert it with `fresh` values as well if it is not there (one
+    statement on both databases: a concurrent insert of the same key by another runner becomes the update)."""
+    values = {**fresh, **changes}
+    columns = ", ".join(["id", *values])
+    on_conflict = (f"DO UPDATE SET {', '.join(f'{name} = excluded.{name}' for name in changes)}" if changes
+                   else "DO NOTHING")
+    tx.run(f"INSERT INTO api_keys ({columns}) VALUES ({', '.join('?' * (len(values) + 1))}) "
+           f"ON CONFLICT (id) {on_conflict}", (key_id, *values.values()))

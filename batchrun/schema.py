@@ -110,8 +110,10 @@ jobs = Table(
     Index("ix_jobs_claim", "state", "batch_id", "id"),
     # Leases of a runner: heartbeat extension and release. Only leased jobs are in it (migration 0008): a
     # queued or finished job has no entry to keep up, so a claim adds one and a result takes it away.
-    Index("ix_jobs_lease_owner", "lease_owner", sqlite_where=text("lease_owner IS NOT NULL"),
-          postgresql_where=text("lease_owner IS NOT NULL")),
+    # On PostgreSQL it is just as partial (0008 makes it so), but only SQLite's WHERE is declared here:
+    # naming `postgresql_where` makes SQLAlchemy import PostgreSQL's dialects with this module, ≈ 30 ms
+    # of every command's start on SQLite (1.5 µs a job of a 20,000-job run, bench 1).
+    Index("ix_jobs_lease_owner", "lease_owner", sqlite_where=text("lease_owner IS NOT NULL")),
 )
 
 #: The endpoints each batch's jobs go to (written by submit): `status` breaks a batch down by endpoint

@@ -6,20 +6,18 @@ the reads themselves take a few tens of milliseconds (the counts come from `job_
 triggers, and from the claim index). So these reads are written once, in plain SQL with `?`
 placeholders, and run either by the `Store` (through its SQLAlchemy connection: the same SQL on
 SQLite and PostgreSQL) or, by `open_sqlite_view`, through the bare `sqlite3` driver — only on a SQLite
-file that is already at the current schema revision (otherwise the `Store` migrates it first). Like
-the store, it translates driver errors into `StoreError`.
+file that is already at the current schema revision (`driver.SqliteFile`; otherwise the `Store`
+migrates it first). Like the store, it translates driver errors into `StoreError`.
 """
 
 from __future__ import annotations
 
-import functools
-import os
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
-from batchrun.errors import StoreError
+from batchrun.driver import SqliteFile
 from batchrun.records import (
     BatchCounts,
     EndpointCounts,
@@ -29,46 +27,9 @@ from batchrun.records import (
     RunnerRecord,
     UsageRow,
 )
-from batchrun.revision import SCHEMA_REVISION
 
 #: runs one statement (with `?` placeholders) and returns its rows
 Query = Callable[[str, Sequence[Any]], Sequence[Sequence[Any]]]
-
-
-@functools.lru_cache(maxsize=512)
-def placeholders(sql: str, mark: str) -> str:
-    """`sql`, written with `?` placeholders, for a driver whose placeholder is `mark` (psycopg: `%s`).
-
-    Not a plain `replace`: a `?` inside a string literal, a quoted name or a `--` comment stays as it
-    is, and for a `%s` driver every literal `%` is doubled (psycopg reads `%` as the start of a
-    placeholder anywhere in the statement, literals included).
-    """
-    if mark == "?":
-        return sql
-    percent = "%%" if mark.startswith("%") else "%"
-    out: list[str] = []
-    quote: str | None = None  # inside '...' or "..."
-    comment = False  # inside -- ... to the end of the line
-    previous = ""
-    for ch in sql:
-        if ch == "%":
-            out.append(percent)
-        elif comment:
-            comment = ch != "\n"
-            out.append(ch)
-        elif quote is not None:
-            quote = None if ch == quote else quote  # '' inside a literal closes and reopens it
-            out.append(ch)
-        elif ch in "'\"":
-            quote = ch
-            out.append(ch)
-        elif ch == "-" and previous == "-":
-            comment = True
-            out.append(ch)
-        else:
-            out.append(mark if ch == "?" else ch)
-        previous = ch
-    return "".join(out)
 
 JOB_STATES = ("queued", "running", "succeeded", "failed", "cancelled")
 _RUNNER = "owner, host, pid, started_at, heartbeat_at, ended_at, exit_code, outcome, requests, latency_p50, latency_p99, id"
@@ -248,34 +209,13 @@ def _empty_tally() -> dict[str, Any]:
 def open_sqlite_view(url: str) -> QueueView | None:
     """A view of the SQLite file at `url` through the bare driver, or None where the `Store` must be
     used instead: not a plain `sqlite:///PATH` URL, no such file yet, or not at the current revision."""
-    import sqlite3
-
-    prefix = "sqlite:///"
-    path = url[len(prefix):]
-    # anything but a plain path (query parameters, %-escapes) is left to the store's URL parsing
-    if not url.startswith(prefix) or "?" in path or "%" in path or not os.path.isfile(path):
-        return None
-    try:
-        conn = sqlite3.connect(path, timeout=60, isolation_level=None)
-    except sqlite3.Error:
-        return None
-    try:
-        revision = conn.execute("SELECT version_num FROM alembic_version").fetchall()
-    except sqlite3.Error:
-        revision = []
-    if revision != [(SCHEMA_REVISION,)]:
-        conn.close()
+    file = SqliteFile.open(url)
+    if file is None:
         return None
 
     @contextmanager
     def read() -> Iterator[Query]:
-        try:
-            conn.execute("BEGIN")  # one snapshot for the whole method
-            try:
-                yield lambda sql, params: conn.execute(sql, tuple(params)).fetchall()
-            finally:
-                conn.execute("COMMIT")
-        except sqlite3.Error as exc:
-            raise StoreError(f"database {url}: {exc}") from exc
+        with file.read() as tx:  # one snapshot for the whole method
+            yield tx.rows
 
-    return QueueView(url, read, conn.close)
+    return QueueView(url, read, file.close)

@@ -140,7 +140,7 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
 
 def migrate(store: Any, revision: str, step: Callable[[Any, str], None]) -> None:
     """Run an Alembic `step` (command.upgrade or command.downgrade) to `revision` on the store's database."""
-    from batchrun.store import _alembic_config
+    from batchrun.database import alembic_config as _alembic_config
 
     config = _alembic_config(store._engine)
     with store.transaction() as conn:

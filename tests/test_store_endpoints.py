@@ -10,7 +10,8 @@ from sqlalchemy import text
 from batchrun.jobfile import JobSpec, parse_line
 from batchrun.records import Failed, Succeeded
 from batchrun.schema import SCHEMA_REVISION
-from batchrun.store import Store, _alembic_config
+from batchrun.database import alembic_config as _alembic_config
+from batchrun.store import Store
 
 LINES = [
     '{"custom_id": "chat", "model": "m", "messages": [{"role": "user", "content": "hello there"}]}',

@@ -15,7 +15,8 @@ from sqlalchemy import text
 from batchrun.catalog import ModelInfo
 from batchrun.records import Failed, Succeeded
 from batchrun.schema import SCHEMA_REVISION
-from batchrun.store import Store, _alembic_config
+from batchrun.database import alembic_config as _alembic_config
+from batchrun.store import Store
 
 
 specs = job_specs

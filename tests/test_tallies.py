@@ -26,7 +26,8 @@ from batchrun.jobfile import JobSpec
 from batchrun.records import BatchCounts, Failed, Outcome, Retry, Succeeded, UsageRow
 from batchrun.schema import SCHEMA_REVISION
 from batchrun.simulator import RunningSimulator
-from batchrun.store import Store, _alembic_config
+from batchrun.database import alembic_config as _alembic_config
+from batchrun.store import Store
 from batchrun.view import open_sqlite_view
 
 # --- the full scan: what the tallies must equal ---------------------------------------------------------
