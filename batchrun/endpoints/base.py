@@ -14,8 +14,7 @@ provider client turns it into a retried `BadResponse`.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Any, ClassVar, Final, NoReturn
+from typing import Any, ClassVar, Final, NamedTuple, NoReturn
 
 import orjson
 
@@ -52,9 +51,9 @@ class BadAnswer(Exception):
     """A 200 whose body is not a well-formed answer of its endpoint (the reason says what is missing)."""
 
 
-@dataclass(frozen=True, slots=True)
-class Answer:
-    """What batchrun reads out of a well-formed answer; the body itself is kept verbatim elsewhere."""
+class Answer(NamedTuple):
+    """What batchrun reads out of a well-formed answer; the body itself is kept verbatim elsewhere. A
+    tuple: one is made per answer, thousands a second (≈ 1 µs less than a frozen dataclass)."""
 
     finish_reason: str | None
     prompt_tokens: int | None
