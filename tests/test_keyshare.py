@@ -153,12 +153,16 @@ def test_a_runner_started_mid_run_gets_a_key_without_a_window_over_the_limit(
     cli = Cli(tmp_path, {"BATCHRUN_DB": any_db_url})
     sim.config.rate_limit = Rate(10, 0.5)
     sim.config.latency = 0.02
-    # 600 jobs at 2 × 20/s: ≈ 15 s of work, so the first runner is still at it when the second has started,
+    # 600 jobs at 2 × 18/s: ≈ 17 s of work, so the first runner is still at it when the second has started,
     # registered and asked for its share, even on a machine where starting a runner takes seconds
     jobs = 600
     prompts = submit_jobs(cli, tmp_path, jobs)
     env = provider_env(sim, make_keys(2))
-    args = ("-v", "run", "--no-progress", "--rate-limit", "10/0.5s", "--concurrency", "4", "--lease", "3s")
+    # 9 a window against the provider's 10: the client counts a window by its send times, the provider by
+    # arrivals, and on a loaded machine one request can arrive late enough to share a window with the
+    # next window's sends (seen once with two test suites at once). A key sent on by both runners at once
+    # would still go far over 10.
+    args = ("-v", "run", "--no-progress", "--rate-limit", "9/0.5s", "--concurrency", "4", "--lease", "3s")
 
     first = cli.popen(*args, env=env)
     wait_for(lambda: sim.state.snapshot()["completions_ok"] >= 10, timeout=30)
@@ -172,8 +176,10 @@ def test_a_runner_started_mid_run_gets_a_key_without_a_window_over_the_limit(
     assert "is now leased to this runner" in outputs[1][1], outputs[1][1]
     assert sum(done_by(out) for out, _ in outputs) == jobs
     stats = sim.state.snapshot()
-    assert stats["by_status"] == {"200": jobs} and stats["duplicates"] == 0  # no 429, each job once
-    assert max(stats["max_window"].values()) <= 10, stats["max_window"]
+    key_lines = [line for _, err in outputs for line in err.splitlines() if "key" in line or "429" in line]
+    # no 429, each job once
+    assert stats["by_status"] == {"200": jobs} and stats["duplicates"] == 0, (stats, key_lines)
+    assert max(stats["max_window"].values()) <= 10, (stats["max_window"], key_lines)
     cli("export", "--output", str(tmp_path / "results.jsonl"))
     results = read_jsonl(tmp_path / "results.jsonl")
     assert sorted(r["custom_id"] for r in results) == sorted(prompts)
