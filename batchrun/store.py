@@ -553,15 +553,21 @@ class Store(KeyLeases):
     # --- the model catalogue ---
 
     def save_catalog(self, entries: Sequence[ModelInfo], now: float | None = None) -> None:
-        """Replace the stored catalogue with these entries (one per id: the last one wins)."""
+        """Replace the stored catalogue with these entries (one per id: the last one wins).
+
+        Runners starting together each save the catalogue they fetched: each entry is an upsert, in id
+        order (so two savers lock rows in the same order and one waits for the other), then what this
+        save did not write goes. A delete-all-then-insert let the second saver's insert meet the
+        first's committed rows on PostgreSQL (a duplicate key)."""
         now = time.time() if now is None else now
         by_id = {entry.id: entry for entry in entries}
         rows = [(entry.id, entry.alias_for, entry.context_length,
                  None if entry.supported_parameters is None else orjson.dumps(list(entry.supported_parameters)).decode(),
-                 entry.response_format, entry.prompt_price, entry.completion_price, now) for entry in by_id.values()]
+                 entry.response_format, entry.prompt_price, entry.completion_price, now)
+                for _, entry in sorted(by_id.items())]
         with self._tx() as tx:
-            tx.run("DELETE FROM models")
-            tx.many(f"INSERT INTO models ({_MODEL_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
+            tx.many(_SAVE_MODEL, rows)
+            tx.run("DELETE FROM models WHERE fetched_at <> ?", (now,))
 
     def load_catalog(self) -> Catalog:
         """The catalogue as last saved; empty (fetched_at None) if none was."""
@@ -684,6 +690,8 @@ _RELEASE_OWNED = (f"UPDATE jobs SET state = '{QUEUED}', lease_owner = NULL, leas
                   f"WHERE lease_owner = ? AND state = '{RUNNING}'")
 _MODEL_COLUMNS = ("id, alias_for, context_length, supported_parameters, response_format, prompt_price, "
                   "completion_price, fetched_at")
+_SAVE_MODEL = (f"INSERT INTO models ({_MODEL_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET "
+               + ", ".join(f"{name} = excluded.{name}" for name in _MODEL_COLUMNS.split(", ")[1:]))
 #: an `ExportRow`'s columns, in its fields' order
 _EXPORT_COLUMNS = ("id, custom_id, state, model, model_served, attempts, key_id, status_code, request_id, response, "
                    "error_code, error_message, finish_reason, model_sent, fallback_reason, cost, prompt_tokens, "

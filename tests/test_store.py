@@ -14,6 +14,7 @@ import pytest
 from alembic import command
 from conftest import PG_ADMIN_URL, _outside, job_specs as specs, make_keys, provider_env, write_jobs
 
+from batchrun.catalog import ModelInfo
 from batchrun.records import Failed, Retry, Succeeded
 from batchrun.simulator import RunningSimulator
 from batchrun.database import alembic_config as _alembic_config
@@ -158,6 +159,38 @@ def test_a_question_mark_or_percent_in_a_literal_reads_right_on_both_databases(a
     with Store.open(any_db_url) as store, store._reading() as query:
         rows = query("SELECT '?' || CAST(? AS TEXT), 'a%b', 'it''s?' -- any question?\n", ("x",))
     assert [tuple(row) for row in rows] == [("?x", "a%b", "it's?")]
+
+
+def test_runners_saving_the_catalogue_at_once_leave_one_whole_catalogue(any_db_url: str) -> None:
+    """Runners started together each save the catalogue they fetched (seen on PostgreSQL: a
+    delete-all-then-insert met the other saver's rows as a duplicate key, and the run stopped)."""
+    catalogues = [[ModelInfo(f"m{i}", context_length=1000 * n) for i in range(20)] for n in range(1, 5)]
+    with Store.open(any_db_url):
+        pass  # migrated once, before the savers start
+    errors: list[BaseException] = []
+    start = threading.Barrier(len(catalogues), timeout=60)
+
+    def saver(entries: list[ModelInfo]) -> None:
+        with Store.open(any_db_url) as mine:
+            start.wait()
+            for _ in range(15):
+                try:
+                    mine.save_catalog(entries)
+                except BaseException as exc:  # noqa: BLE001  (reported below)
+                    errors.append(exc)
+                    return
+
+    threads = [threading.Thread(target=saver, args=(entries,)) for entries in catalogues]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+
+    assert errors == []
+    with Store.open(any_db_url) as store:
+        saved = store.load_catalog()
+    lengths = {entry.context_length for entry in saved.entries.values()}
+    assert len(saved.entries) == 20 and len(lengths) == 1  # one saver's catalogue, whole
 
 
 # --- SQLAlchemy only where it is needed -------------------------------------------------------------------
