@@ -12,6 +12,7 @@ import os
 import secrets
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -42,6 +43,15 @@ def _scrub_batchrun_env(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in list(os.environ):
         if _outside(name):
             monkeypatch.delenv(name)
+
+
+def in_threads(target: Callable[..., object], args: list[Any], timeout: float | None = 60) -> None:
+    """Run `target(arg)` for each of `args`, each in a thread of its own, all at once; wait for them."""
+    threads = [threading.Thread(target=target, args=(arg,)) for arg in args]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=timeout)
 
 
 def make_keys(count: int) -> list[str]:

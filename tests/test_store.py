@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from alembic import command
-from conftest import PG_ADMIN_URL, _outside, job_specs as specs, make_keys, provider_env, write_jobs
+from conftest import PG_ADMIN_URL, _outside, in_threads, job_specs as specs, make_keys, provider_env, write_jobs
 
 from batchrun.catalog import ModelInfo
 from batchrun.records import Failed, Retry, Succeeded
@@ -61,11 +61,7 @@ def test_concurrent_claimers_never_get_the_same_job(any_db_url: str) -> None:
             while batch := mine.claim(owner, 7, lease_seconds=30):
                 ids.extend(job.id for job in batch)
 
-    threads = [threading.Thread(target=claimer, args=(f"r{i}",)) for i in range(4)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=60)
+    in_threads(claimer, [f"r{i}" for i in range(4)])
 
     every = [job_id for ids in got.values() for job_id in ids]
     assert len(every) == 400 and len(set(every)) == 400
@@ -180,11 +176,7 @@ def test_runners_saving_the_catalogue_at_once_leave_one_whole_catalogue(any_db_u
                     errors.append(exc)
                     return
 
-    threads = [threading.Thread(target=saver, args=(entries,)) for entries in catalogues]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=120)
+    in_threads(saver, catalogues, timeout=120)
 
     assert errors == []
     with Store.open(any_db_url) as store:

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 from alembic import command
-from conftest import job_specs, migrate
+from conftest import in_threads, job_specs, migrate
 from sqlalchemy import text
 
 from batchrun.catalog import ModelInfo
@@ -188,11 +188,7 @@ def test_runners_saving_the_same_new_key_at_once_do_not_fail(any_db_url: str) ->
         except BaseException as exc:  # noqa: BLE001 - reported below
             errors.append(exc)
 
-    threads = [threading.Thread(target=saver, args=(i,)) for i in range(4)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=60)
+    in_threads(saver, list(range(4)))
 
     assert errors == []
     with Store.open(any_db_url) as store:

@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 from alembic import command
-from conftest import FAST_RETRY, Cli, database_at, job_specs, make_keys, migrate, provider_env
+from conftest import FAST_RETRY, Cli, database_at, in_threads, job_specs, make_keys, migrate, provider_env
 from sqlalchemy import text
 
 from batchrun.jobfile import JobSpec
@@ -249,11 +248,7 @@ def test_concurrent_runners_keep_the_tallies_right_and_never_deadlock(any_db_url
         except BaseException as exc:  # reported below: a deadlock would surface here
             errors.append(exc)
 
-    threads = [threading.Thread(target=runner, args=(f"runner-{i}",)) for i in range(4)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    in_threads(runner, [f"runner-{i}" for i in range(4)], timeout=None)
 
     assert errors == []
     with Store.open(any_db_url) as store:
