@@ -53,6 +53,9 @@ from batchrun.keys import ApiKey
 
 log = logging.getLogger(__name__)
 
+#: an answer as it came: status, headers, body text
+Exchange = tuple[int, Any, str]
+
 _MAX_MESSAGE = 500
 #: the catalogue is small and answers fast: a host that does not answer within this is unreachable
 CATALOG_TIMEOUT = aiohttp.ClientTimeout(total=20, connect=5)
@@ -175,10 +178,19 @@ class ProviderClient:
 
     async def complete(self, key: ApiKey, body: bytes, endpoint: Endpoint = CHAT) -> Completion:
         """Send one request to `endpoint`; return its answer, or raise the classified `ProviderError`."""
+        return self.read(await self.exchange(key, body, endpoint), body, endpoint)
+
+    async def exchange(self, key: ApiKey, body: bytes, endpoint: Endpoint = CHAT) -> Exchange:
+        """`complete`'s network part: the request and the answer as it came (a transport failure is
+        raised as its `ProviderError`); `read` makes it a `Completion` or the error it means."""
         url = self._urls.get(endpoint.url)
         if url is None:
             url = self._urls[endpoint.url] = self.base_url + endpoint.path
-        status, headers, text = await self._send(url, key, body)
+        return await self._send(url, key, body)
+
+    def read(self, exchange: Exchange, body: bytes, endpoint: Endpoint = CHAT) -> Completion:
+        """The answer of `exchange` (to `body`, at `endpoint`), or raise the classified `ProviderError`."""
+        status, headers, text = exchange
         hint = rate_hint(headers)
         if status == 200:
             try:
@@ -332,7 +344,7 @@ class ProviderClient:
             return f"{message}. {guess}/models answers: did you mean --base-url {guess} ?"
         return message
 
-    async def _send(self, url: str, key: ApiKey, body: bytes) -> tuple[int, Any, str]:
+    async def _send(self, url: str, key: ApiKey, body: bytes) -> Exchange:
         """A job's POST, timed out by the run's `RequestTimeouts`."""
         timeouts = self._timeouts
         task = timeouts.enter()
@@ -467,6 +479,13 @@ def classify(status: int, headers: Any, text: str) -> ProviderError:
     if 400 <= status < 500:
         return BadRequest(f"bad request ({status}): {message}", status=status, body=body)
     return TransientError(f"unexpected status {status}: {message}", status=status, body=body)
+
+
+def plain_success(exchange: Exchange) -> bool:
+    """A 200 that says nothing of the key's limits (no `x-ratelimit-*` header): an answer whose reading
+    cannot change whether the next request may go out."""
+    status, headers, _ = exchange
+    return status == 200 and (headers is None or not any(name in headers for name in _RATE_HEADERS))
 
 
 def rate_hint(headers: Any) -> RateHint | None:

@@ -50,7 +50,7 @@ from batchrun.keyshare import KeySharing, LeaseState
 from batchrun.units import format_clock as _clock
 from batchrun.processes import pid_alive
 from batchrun.prechecks import UNKNOWN_ENDPOINT, Prepared, Refused, prepare
-from batchrun.provider import Completion, ProviderClient, RateHint
+from batchrun.provider import Completion, ProviderClient, RateHint, plain_success
 from batchrun.records import ClaimedJob, Failed, Outcome, Retry, Succeeded
 from batchrun.retry import FAIL, REQUEUE, RETRY, Decision
 from batchrun.runstate import RunOptions, RunReport, RunStats
@@ -511,8 +511,26 @@ class Runner:
         sent_at = lane.sent()
         self.stats.requests += 1
         outcome: Outcome | None = None
+        endpoint = ENDPOINTS[job.endpoint]
+        slot_held, interrupted = True, False
         try:
-            completion = await self._client.complete(lane.key, prepared.body, ENDPOINTS[job.endpoint])
+            exchange = await self._client.exchange(lane.key, prepared.body, endpoint)
+            if not lane.limited and plain_success(exchange):
+                # A success that cannot hold the next request back (no limit to keep on this key, nothing
+                # said of one): the slot is free, and the next request goes out before this answer is read
+                # and written down (two turns of the loop: the lane loop's, then the new request's). When
+                # a wave of answers comes back at once, each next request no longer waits for the
+                # bookkeeping of every answer ahead of it (500 ms × 1,000 in flight: 0.95 → 0.98 of the
+                # ideal at the server, bench 2). Any other answer is read first: a 404, a 402 or a
+                # rate-limit header must stop or slow the next request.
+                self._slots.release()
+                slot_held = False
+                try:
+                    await asyncio.sleep(0)
+                    await asyncio.sleep(0)
+                except asyncio.CancelledError:  # the run is stopping: write this answer down first
+                    interrupted = True
+            completion = self._client.read(exchange, prepared.body, endpoint)
         except ProviderError as error:
             outcome = await self._on_error(lane, job, prepared, attempt, error, sent_at)
         except Exception:  # a bug must not lose the job: it stays leased and is released at the end
@@ -528,9 +546,12 @@ class Runner:
             self._latency = 0.9 * self._latency + 0.1 * (time.monotonic() - sent_at)
             # released before the outcome is queued: the slot is for requests in flight, not for writes
             # (holding it until the commit was measured ~15 % slower at zero latency)
-            self._slots.release()
+            if slot_held:
+                self._slots.release()
         if outcome is not None:
             self._queue_outcome(outcome)
+        if interrupted:
+            raise asyncio.CancelledError
 
     def _queue_outcome(self, outcome: Outcome) -> None:
         self._unwritten += 1
