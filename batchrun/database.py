@@ -20,11 +20,11 @@ from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
-from batchrun.driver import SQLITE_PRAGMAS, Tx
+from batchrun.driver import SQLITE_PRAGMAS, Tx, failure_reason
 from batchrun.errors import StoreError
 from batchrun.revision import SCHEMA_REVISION
 
-__all__ = ["alembic_config", "create_store_engine", "current_revision", "driver_tx", "failure_reason",
+__all__ = ["alembic_config", "create_store_engine", "current_revision", "driver_tx",
            "migrate_to_head"]
 
 #: pg_advisory_xact_lock key of migrations (0003's tally writers use 7166022)
@@ -92,12 +92,6 @@ def alembic_config(engine: Engine) -> Any:
     config.set_main_option("sqlalchemy.url", engine.url.render_as_string(hide_password=False)
                            .replace("%", "%%"))
     return config
-
-
-def failure_reason(exc: Exception) -> str:
-    """The driver's first line of why, for a `StoreError` message."""
-    original = getattr(exc, "orig", None)
-    return str(original if original is not None else exc).strip().splitlines()[0]
 
 
 def _tune_sqlite(engine: Engine) -> None:

@@ -18,14 +18,14 @@ import functools
 import os
 import sqlite3
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from itertools import chain
 from typing import Any
 
 from batchrun.errors import StoreError
 from batchrun.revision import SCHEMA_REVISION
 
-__all__ = ["SQLITE_PRAGMAS", "SqliteFile", "Tx", "placeholders"]
+__all__ = ["SQLITE_PRAGMAS", "SqliteFile", "Tx", "failure_reason", "placeholders"]
 
 #: how batchrun opens every SQLite connection (SQLAlchemy's too: `database.py`). WAL: readers (`status`,
 #: `export`) never block a runner; a 60 s busy timeout: writers wait their turn instead of failing.
@@ -45,32 +45,23 @@ class Tx:
 
     def rows(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
         """The rows of a query (or of an INSERT/UPDATE … RETURNING)."""
-        cursor = self._connection.cursor()
-        try:
+        with closing(self._connection.cursor()) as cursor:
             cursor.execute(placeholders(sql, self.mark), params)
             return cursor.fetchall()  # type: ignore[no-any-return]
-        finally:
-            cursor.close()
 
     def run(self, sql: str, params: Sequence[Any] = ()) -> int:
         """A statement without rows to return; how many rows it changed."""
-        cursor = self._connection.cursor()
-        try:
+        with closing(self._connection.cursor()) as cursor:
             cursor.execute(placeholders(sql, self.mark), params)
             return int(cursor.rowcount)
-        finally:
-            cursor.close()
 
     def many(self, sql: str, rows: Sequence[Sequence[Any]]) -> int:
         """One statement for each of `rows`; how many rows they changed in all."""
         if not rows:
             return 0
-        cursor = self._connection.cursor()
-        try:
+        with closing(self._connection.cursor()) as cursor:
             cursor.executemany(placeholders(sql, self.mark), rows)
             return int(cursor.rowcount)
-        finally:
-            cursor.close()
 
     def insert_rows(self, sql_for: Callable[[int], str], rows: Sequence[Sequence[Any]], per: int) -> int:
         """Insert `rows`, `per` rows to a statement (`sql_for(n)`: an INSERT of n rows of VALUES): one
@@ -147,9 +138,7 @@ class SqliteFile:
             return None
         try:
             if connection.execute("SELECT version_num FROM alembic_version").fetchall() == [(SCHEMA_REVISION,)]:
-                for pragma in SQLITE_PRAGMAS:
-                    connection.execute(pragma)
-                return cls(url, connection)
+                return cls(url, _tuned(connection))
         except sqlite3.Error:
             pass
         connection.close()
@@ -181,13 +170,11 @@ class SqliteFile:
         except sqlite3.Error as exc:
             if self._connection is not None and self._connection.in_transaction:
                 self._connection.execute("ROLLBACK")
-            raise StoreError(f"database {self.url}: {str(exc).strip().splitlines()[0]}") from exc
+            raise StoreError(f"database {self.url}: {failure_reason(exc)}") from exc
 
     def _reconnect(self) -> sqlite3.Connection:
-        connection = self._connection = _connect(self.url[len(self.PREFIX):])
-        for pragma in SQLITE_PRAGMAS:
-            connection.execute(pragma)
-        return connection
+        self._connection = _tuned(_connect(self.url[len(self.PREFIX):]))
+        return self._connection
 
     def close(self) -> None:
         """Close the connection; the next transaction opens another (as SQLAlchemy's engine does after
@@ -201,3 +188,16 @@ def _connect(path: str) -> sqlite3.Connection:
     # batchrun begins its own transactions; the store is made in one thread and used in the run's
     # database thread (one at a time)
     return sqlite3.connect(path, timeout=60, isolation_level=None, check_same_thread=False)
+
+
+def _tuned(connection: sqlite3.Connection) -> sqlite3.Connection:
+    for pragma in SQLITE_PRAGMAS:
+        connection.execute(pragma)
+    return connection
+
+
+def failure_reason(exc: BaseException) -> str:
+    """The driver's first line of why, for a `StoreError` message (of the driver's error that SQLAlchemy
+    wrapped, if it did)."""
+    original = getattr(exc, "orig", None)
+    return str(original if original is not None else exc).strip().splitlines()[0]

@@ -485,15 +485,13 @@ def plain_success(exchange: Exchange) -> bool:
     """A 200 that says nothing of the key's limits (no `x-ratelimit-*` header): an answer whose reading
     cannot change whether the next request may go out."""
     status, headers, _ = exchange
-    return status == 200 and (headers is None or not any(name in headers for name in _RATE_HEADERS))
+    return status == 200 and not _has_rate_headers(headers)
 
 
 def rate_hint(headers: Any) -> RateHint | None:
     """`x-ratelimit-remaining-requests` / `-tokens` and their `x-ratelimit-reset-*`, if sent."""
-    if headers is None:
-        return None
     # Most answers of most providers carry none of them: said after six lookups, nothing built.
-    if not any(name in headers for name in _RATE_HEADERS):
+    if not _has_rate_headers(headers):
         return None
 
     def reset(name: str) -> float | None:
@@ -505,6 +503,10 @@ def rate_hint(headers: Any) -> RateHint | None:
                     _int_text(headers.get("x-ratelimit-limit-requests")),
                     _int_text(headers.get("x-ratelimit-limit-tokens")))
     return None if hint == RateHint() else hint
+
+
+def _has_rate_headers(headers: Any) -> bool:
+    return headers is not None and any(name in headers for name in _RATE_HEADERS)
 
 
 _RATE_HEADERS = ("x-ratelimit-remaining-requests", "x-ratelimit-remaining-tokens", "x-ratelimit-reset-requests",

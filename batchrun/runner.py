@@ -515,21 +515,12 @@ class Runner:
         slot_held, interrupted = True, False
         try:
             exchange = await self._client.exchange(lane.key, prepared.body, endpoint)
+            # A success that cannot hold the next request back (no limit to keep on this key, nothing said
+            # of one) frees its slot before it is read. Any other answer is read first: a 404, a 402 or a
+            # rate-limit header must stop or slow the next request.
             if not lane.limited and plain_success(exchange):
-                # A success that cannot hold the next request back (no limit to keep on this key, nothing
-                # said of one): the slot is free, and the next request goes out before this answer is read
-                # and written down (two turns of the loop: the lane loop's, then the new request's). When
-                # a wave of answers comes back at once, each next request no longer waits for the
-                # bookkeeping of every answer ahead of it (500 ms × 1,000 in flight: 0.95 → 0.98 of the
-                # ideal at the server, bench 2). Any other answer is read first: a 404, a 402 or a
-                # rate-limit header must stop or slow the next request.
-                self._slots.release()
                 slot_held = False
-                try:
-                    await asyncio.sleep(0)
-                    await asyncio.sleep(0)
-                except asyncio.CancelledError:  # the run is stopping: write this answer down first
-                    interrupted = True
+                interrupted = await self._send_next_first()
             completion = self._client.read(exchange, prepared.body, endpoint)
         except ProviderError as error:
             outcome = await self._on_error(lane, job, prepared, attempt, error, sent_at)
@@ -552,6 +543,20 @@ class Runner:
             self._queue_outcome(outcome)
         if interrupted:
             raise asyncio.CancelledError
+
+    async def _send_next_first(self) -> bool:
+        """Free this request's slot and let the next request go out before its answer is read and written
+        down (two turns of the loop: the lane loop's, then the new request's). When a wave of answers
+        comes back at once, each next request no longer waits for the bookkeeping of every answer ahead
+        of it (500 ms × 1,000 in flight: 0.95 → 0.98 of the ideal at the server, bench 2). True if the
+        run was stopped meanwhile: the caller writes its answer down first, then stops."""
+        self._slots.release()
+        try:
+            await asyncio.sleep(0)
+            await asyncio.sleep(0)
+        except asyncio.CancelledError:
+            return True
+        return False
 
     def _queue_outcome(self, outcome: Outcome) -> None:
         self._unwritten += 1

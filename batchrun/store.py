@@ -31,7 +31,7 @@ import orjson
 from batchrun.attemptstore import AttemptStore
 from batchrun.attempts import AttemptRecord, EventRecord
 from batchrun.catalog import Catalog, ModelInfo
-from batchrun.driver import SqliteFile, Tx
+from batchrun.driver import SqliteFile, Tx, failure_reason
 from batchrun.errors import ConfigError, StoreError
 from batchrun.keystore import KEY_WINDOW, LEGACY_KEY_WINDOW, KeyLeases
 from batchrun.records import (
@@ -251,8 +251,6 @@ class Store(KeyLeases):
     def _translated(self) -> Iterator[None]:
         """SQLAlchemy's errors and the driver's (from statements of a `Tx`) as `StoreError`."""
         from sqlalchemy.exc import SQLAlchemyError
-
-        from batchrun.database import failure_reason
 
         try:
             yield
